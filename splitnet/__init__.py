@@ -1,0 +1,29 @@
+"""splitnet: freeze part of a Keras Dense layer, exactly.
+
+Example:
+    >>> import splitnet
+    >>> model = splitnet.build_model("configs/quickstart.yaml")  # doctest: +SKIP
+    >>> splitnet.frozen_masks(model)["hidden"]["kernel"].shape   # doctest: +SKIP
+    (32, 64)
+"""
+
+from splitnet.errors import SpecError, SplitnetError
+from splitnet.merge import merge_model, merged_weights
+from splitnet.spec import Spec, load_spec
+from splitnet.split import ModelError, build_model, frozen_masks, split_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ModelError",
+    "Spec",
+    "SpecError",
+    "SplitnetError",
+    "build_model",
+    "frozen_masks",
+    "load_spec",
+    "merge_model",
+    "merged_weights",
+    "split_model",
+    "__version__",
+]

@@ -1,0 +1,437 @@
+"""Split Dense layers into trainable and frozen pieces: `build_model`, `split_model`.
+
+The rewrite is Keras' own `clone_model`: every layer is copied with its
+weights, except the Dense layers named in `freeze`, whose calls are replaced
+(through `call_function`) by the pieces of their `DensePlan`. A Dense called
+at several places is split once and its pieces are reused at every call, so
+shared weights stay shared.
+"""
+
+from __future__ import annotations
+
+import re
+
+import keras
+import numpy as np
+
+# Functional is not exported by name; it is what clone_model can rewrite.
+from keras.src.models.functional import Functional
+
+from splitnet import spec as spec_lib
+from splitnet.errors import SpecError, SplitnetError
+from splitnet.layers import Bias, FrozenBias, FrozenDense, SelectFeatures, SplitJoin
+from splitnet.plan import DensePlan, resolve
+
+# Regularizers that add up over pieces (so splitting leaves their gradient
+# unchanged), and constraints that act per column (so a column split leaves
+# them unchanged).
+_ADDITIVE_REGULARIZERS = (keras.regularizers.L1, keras.regularizers.L2, keras.regularizers.L1L2)
+_PER_COLUMN_CONSTRAINTS = (keras.constraints.MaxNorm, keras.constraints.UnitNorm, keras.constraints.MinMaxNorm)
+
+
+class ModelError(SplitnetError, ValueError):
+    """A model cannot be split as asked (its kind, not the spec's syntax)."""
+
+
+# --------------------------------------------------------------------------
+# Walking models, including nested ones.
+
+
+def walk_layers(model, prefix="", trainable=True):
+    """Yield `(key, layer, container, effectively_trainable)` for every layer.
+
+    `key` is the layer's name, prefixed `outer/` inside nested models.
+    """
+    for layer in model.layers:
+        key = f"{prefix}{layer.name}"
+        effective = trainable and layer.trainable
+        yield key, layer, model, effective
+        if isinstance(layer, keras.Model):
+            yield from walk_layers(layer, key + "/", effective)
+
+
+def find_groups(model):
+    """Yield `(key, join, layers)` for every split group in `model`.
+
+    `layers` maps each role of `DensePlan.layer_roles()` to the group's layer,
+    found by its generated name in the join's container.
+    """
+    for key, layer, container, _ in walk_layers(model):
+        if isinstance(layer, SplitJoin):
+            plan = layer.plan
+            yield key, layer, {role: container.get_layer(plan.layer_name(role)) for role in plan.layer_roles()}
+
+
+def _piece_keys(model):
+    """Keys of every layer that is a piece of a split group."""
+    keys = set()
+    for key, join, pieces in find_groups(model):
+        prefix = key[: len(key) - len(join.name)]
+        keys |= {prefix + layer.name for layer in pieces.values()}
+    return keys
+
+
+def frozen_masks(model):
+    """Where each Dense layer of a model is frozen, in the original layer's coordinates.
+
+    Args:
+        model: A model made by `build_model` or `split_model` (or any model).
+
+    Returns:
+        `{layer_key: {"kernel": bool array (in_dim, units), "bias": bool array
+        (units,)}}` with True where the entry is frozen, for every Dense that
+        has frozen entries: split groups, layers frozen whole, and plain Dense
+        layers that are not trainable. Layers inside a nested model are keyed
+        `outer/inner`. "bias" has shape (0,) for a layer without bias.
+
+    Example:
+        >>> import keras, splitnet
+        >>> inputs = keras.Input((4,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(3, name="d")(inputs))
+        >>> masks = splitnet.frozen_masks(splitnet.split_model(model, {"d": {"units": [0]}}))
+        >>> masks["d"]["kernel"][:, 0].all(), masks["d"]["bias"].tolist()
+        (True, [True, False, False])
+    """
+    out = {}
+    pieces = _piece_keys(model)
+    for key, layer, _, trainable in walk_layers(model):
+        if isinstance(layer, SplitJoin):
+            plan = layer.plan
+            kernel, bias = plan.kernel_mask(), plan.bias_mask()
+            if not trainable:
+                kernel[:], bias[:] = True, True
+            out[key] = {"kernel": kernel, "bias": bias}
+        elif isinstance(layer, keras.layers.Dense) and not trainable and key not in pieces:
+            out[key] = {
+                "kernel": np.ones(layer.kernel.shape, dtype=bool),
+                "bias": np.ones((layer.units if layer.use_bias else 0,), dtype=bool),
+            }
+    return out
+
+
+# --------------------------------------------------------------------------
+# Planning: from freeze rules and a model to one DensePlan per target layer.
+
+
+def _as_functional(model):
+    if isinstance(model, keras.Sequential):
+        if not model.built or not model.inputs:
+            raise ModelError(f"Sequential model {model.name!r} is not built; give it an Input first")
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    if not isinstance(model, Functional):
+        raise ModelError(
+            f"cannot split {type(model).__name__} {getattr(model, 'name', '')!r}: only Functional "
+            "and Sequential models can be rewritten (a subclassed model's graph is not known)"
+        )
+    return model
+
+
+def _check_dense(layer, rule, plan, where):
+    path = rule.path
+    config = layer.get_config()
+    if config.get("lora_rank"):
+        raise where.error(path, f"layer {rule.layer!r} has LoRA enabled; merge it first")
+    if config.get("quantization_config") or getattr(layer, "quantization_mode", None):
+        raise where.error(path, f"layer {rule.layer!r} is quantized; splitnet splits float Dense layers")
+    for kind in ("kernel", "bias"):
+        reg = getattr(layer, f"{kind}_regularizer")
+        if reg is not None and not isinstance(reg, _ADDITIVE_REGULARIZERS):
+            raise where.error(
+                path,
+                f"layer {rule.layer!r} has a {type(reg).__name__} {kind}_regularizer; only L1/L2 "
+                "regularizers keep their meaning when the weights are split",
+            )
+    constraint = layer.kernel_constraint
+    if constraint is not None and not plan.fully_frozen:
+        if plan.frozen_rows:
+            raise where.error(
+                path + ("rows",),
+                f"layer {rule.layer!r} has a kernel_constraint ({type(constraint).__name__}); it would "
+                "apply to each row piece separately and change its meaning",
+            )
+        per_column = isinstance(constraint, keras.constraints.NonNeg) or (
+            isinstance(constraint, _PER_COLUMN_CONSTRAINTS) and constraint.axis in (0, -2)
+        )
+        if plan.frozen_units and not per_column:
+            raise where.error(
+                path + ("units",),
+                f"layer {rule.layer!r} has a kernel_constraint ({type(constraint).__name__}) that is "
+                "not per unit; it would change meaning when the units are split",
+            )
+    bias_constraint = layer.bias_constraint
+    if bias_constraint is not None and not plan.fully_frozen and plan.frozen_units:
+        if not isinstance(bias_constraint, keras.constraints.NonNeg):
+            raise where.error(
+                path + ("units",),
+                f"layer {rule.layer!r} has a bias_constraint ({type(bias_constraint).__name__}) that "
+                "would change meaning when the bias is split",
+            )
+
+
+def _lookup(model, name, where, path, dense_keys):
+    container, layer = model, None
+    parts = name.split("/")
+    for depth, part in enumerate(parts):
+        try:
+            layer = container.get_layer(part)
+        except ValueError:
+            layer = None
+        if layer is None or (depth < len(parts) - 1 and not isinstance(layer, keras.Model)):
+            hint = spec_lib._suggest(name, dense_keys)
+            raise where.error(path, f"no layer {name!r} in model {model.name!r}{hint}", key=True)
+        container = layer
+    return layer
+
+
+def plan_layers(model, rules, where):
+    """Resolve freeze rules against a model: `{id(layer): (layer, key, DensePlan)}`."""
+    keys = {key: (layer, trainable) for key, layer, _, trainable in walk_layers(model)}
+    dense_keys = [k for k, (layer, _) in keys.items() if isinstance(layer, keras.layers.Dense)]
+    existing = set(keys)
+    targets = {}
+    for rule in rules:
+        layer = _lookup(model, rule.layer, where, rule.path, dense_keys)
+        if isinstance(layer, SplitJoin) or isinstance(layer, FrozenDense):
+            raise where.error(rule.path, f"layer {rule.layer!r} is already split or frozen; merge the model first", key=True)
+        if type(layer) is not keras.layers.Dense:
+            raise where.error(
+                rule.path,
+                f"layer {rule.layer!r} is of type {type(layer).__name__}; only Dense layers can be split",
+                key=True,
+            )
+        if not keys[rule.layer][1]:
+            raise where.error(
+                rule.path,
+                f"layer {rule.layer!r} is not trainable in this model, so it is frozen whole already",
+                key=True,
+            )
+        if id(layer) in targets:
+            raise where.error(rule.path, f"layer {rule.layer!r} is named twice", key=True)
+        if not layer.built:
+            raise ModelError(f"layer {rule.layer!r} is not built; call the model on an input first")
+        in_dim, units = layer.kernel.shape
+        units_set = () if rule.units is None else resolve(rule.units, units, "units", rule.layer, where)
+        rows_set = () if rule.rows is None else resolve(rule.rows, in_dim, "input rows", rule.layer, where)
+        plan = DensePlan(
+            name=layer.name,
+            in_dim=int(in_dim),
+            units=int(units),
+            use_bias=layer.use_bias,
+            frozen_units=units_set,
+            frozen_rows=rows_set,
+            bias_frozen=rule.bias and layer.use_bias,
+        )
+        _check_dense(layer, rule, plan, where)
+        prefix = rule.layer[: len(rule.layer) - len(layer.name)]
+        for role in plan.layer_roles():
+            generated = prefix + plan.layer_name(role)
+            if generated in existing:
+                raise where.error(rule.path, f"cannot split {rule.layer!r}: the model already has a layer named {generated!r}", key=True)
+        targets[id(layer)] = (layer, rule.layer, plan)
+    return targets
+
+
+# --------------------------------------------------------------------------
+# Building the pieces.
+
+
+class _Group:
+    """The layers that replace one Dense; created once, callable at every call site."""
+
+    def __init__(self, layer, plan):
+        self.plan = plan
+        config = layer.get_config()
+        self.dense_config = config
+        self.layers = {}
+        if plan.fully_frozen:
+            self.whole = FrozenDense.from_config({**config, "trainable": False})
+            return
+        self.whole = None
+        base = {k: v for k, v in config.items() if k not in ("name", "units", "activation", "use_bias", "trainable")}
+        base.pop("activity_regularizer", None)
+        for piece in plan.pieces:
+            cls = FrozenDense if piece.frozen else keras.layers.Dense
+            self.layers[piece.role] = cls.from_config(
+                {
+                    **base,
+                    "name": plan.layer_name(piece.role),
+                    "units": len(piece.cols),
+                    "activation": None,
+                    "use_bias": piece.use_bias,
+                    "trainable": not piece.frozen,
+                }
+            )
+            if piece.rows is not None:
+                self.layers[piece.role + "_in"] = SelectFeatures(
+                    piece.rows, name=plan.layer_name(piece.role + "_in"), dtype=config["dtype"]
+                )
+        if plan.bias_layer:
+            cls = FrozenBias if plan.bias_layer == "frozen" else Bias
+            self.layers["bias"] = cls(
+                bias_initializer=config["bias_initializer"],
+                bias_regularizer=config["bias_regularizer"],
+                bias_constraint=config["bias_constraint"],
+                name=plan.layer_name("bias"),
+                dtype=config["dtype"],
+            )
+        if "trainable" in self.layers and "frozen_rows" in self.layers:
+            self.layers["sum"] = keras.layers.Add(name=plan.layer_name("sum"), dtype=config["dtype"])
+        self.layers["join"] = SplitJoin(plan, config, dtype=config["dtype"])
+
+    def __call__(self, x):
+        if self.whole is not None:
+            return self.whole(x)
+        outputs = {}
+        for piece in self.plan.pieces:
+            inputs = x if piece.rows is None else self.layers[piece.role + "_in"](x)
+            outputs[piece.role] = self.layers[piece.role](inputs)
+        column_block = [outputs[r] for r in ("trainable", "frozen_rows") if r in outputs]
+        t = self.layers["sum"](column_block) if len(column_block) == 2 else column_block[0]
+        if "bias" in self.layers:
+            t = self.layers["bias"](t)
+        blocks = [t] + ([outputs["frozen"]] if "frozen" in outputs else [])
+        return self.layers["join"](blocks)
+
+    def set_weights_from(self, layer):
+        kernel, *bias = [keras.ops.convert_to_numpy(w) for w in layer.get_weights()]
+        if self.whole is not None:
+            self.whole.set_weights(layer.get_weights())
+            return
+        for role, values in self.plan.split_weights(kernel, bias[0] if bias else None).items():
+            self.layers[role].set_weights(values)
+
+
+def _rewrite(model, targets):
+    """Clone `model`, copying weights, with each target Dense replaced by its group."""
+    copies, groups = [], {}
+
+    def clone_function(layer):
+        if id(layer) in targets:
+            return layer  # replaced at call time; never called itself
+        new = layer.__class__.from_config(layer.get_config())
+        copies.append((layer, new))
+        return new
+
+    def call_function(layer, *args, **kwargs):
+        if id(layer) not in targets:
+            return layer(*args, **kwargs)
+        if id(layer) not in groups:
+            groups[id(layer)] = _Group(layer, targets[id(layer)][2])
+        return groups[id(layer)](args[0])
+
+    try:
+        new_model = keras.models.clone_model(
+            _as_functional(model), clone_function=clone_function, call_function=call_function, recursive=True
+        )
+    except SplitnetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Keras' own reason, with the model's name
+        raise ModelError(f"cannot rewrite model {model.name!r}: {exc}") from exc
+    for old, new in copies:
+        new.set_weights(old.get_weights())
+    for key, group in groups.items():
+        group.set_weights_from(targets[key][0])
+    return new_model
+
+
+def split_model(model, freeze):
+    """Return a copy of `model` whose named Dense layers are split into frozen and trainable pieces.
+
+    Args:
+        model: A built Functional or Sequential Keras model. It is not changed.
+        freeze: A mapping like the spec's `freeze` section, e.g.
+            `{"head": {"units": "0:10"}, "hidden": {"rows": [0, 1]}}`.
+
+    Returns:
+        A new Functional model that computes the same function on the same
+        weights, in which the frozen entries are non-trainable.
+
+    Raises:
+        SpecError: `freeze` is invalid for this model (message starts with
+            the key path, e.g. `freeze.head.units[0]:`).
+        ModelError: the model cannot be rewritten (e.g. it is subclassed).
+
+    Example:
+        >>> import keras, splitnet
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(4, name="head")(inputs))
+        >>> split = splitnet.split_model(model, {"head": {"units": [0, 1]}})
+        >>> [w.shape for w in split.trainable_weights]
+        [(8, 2), (2,)]
+    """
+    where = spec_lib.Where()
+    rules = spec_lib.parse_freeze(freeze, where)
+    return _split(model, rules, where)
+
+
+def _split(model, rules, where):
+    targets = plan_layers(model, rules, where)
+    return _rewrite(model, targets)
+
+
+def _auto_names(layer_specs):
+    """Deterministic names for unnamed layers: `dense`, `dense_1`, ... per class."""
+    counts, names = {}, []
+    for layer in layer_specs:
+        if "name" in layer.args:
+            names.append(layer.args["name"])
+            continue
+        base = re.sub(r"(?<!^)(?=[A-Z])", "_", layer.type).lower()
+        n = counts.get(base, 0)
+        counts[base] = n + 1
+        names.append(base if n == 0 else f"{base}_{n}")
+    return names
+
+
+def _build_stack(model_spec):
+    inputs = keras.Input(shape=model_spec.input_shape, name="input")
+    x = inputs
+    for layer, name in zip(model_spec.layers, _auto_names(model_spec.layers)):
+        x = getattr(keras.layers, layer.type)(**{**layer.args, "name": name})(x)
+    return keras.Model(inputs, x, name=model_spec.name)
+
+
+def load_base(path, where):
+    """Load a `.keras` model safely (`safe_mode=True`), as a spec's `base`."""
+    if not path.is_file():
+        raise where.error(("base",), f"file not found: {path}")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means: not a loadable Keras archive
+        raise where.error(("base",), f"cannot load {path} as a Keras model: {spec_lib._first_line(exc)}") from None
+
+
+def build_model(spec):
+    """Build the split model a spec describes.
+
+    Args:
+        spec: A `Spec`, a path to a YAML spec, or a mapping.
+
+    Returns:
+        The split `keras.Model` (not compiled). With `base`, the saved model's
+        weights are kept; with `model`, the stack is freshly initialized.
+
+    Raises:
+        SpecError: the spec is invalid or does not fit the model.
+
+    Example:
+        >>> import splitnet
+        >>> model = splitnet.build_model({
+        ...     "model": {"input_shape": [8], "layers": [
+        ...         {"type": "Dense", "name": "head", "units": 4, "activation": "softmax"}]},
+        ...     "freeze": {"head": {"units": "0:2"}}})
+        >>> model.get_layer("head").__class__.__name__
+        'SplitJoin'
+    """
+    spec = spec_lib.load_spec(spec)
+    if spec.model is not None:
+        try:
+            model = _build_stack(spec.model)
+        except Exception as exc:  # noqa: BLE001 - shape mismatches between layers
+            raise spec.where.error(("model", "layers"), f"cannot build the model: {spec_lib._first_line(exc)}") from None
+    else:
+        model = load_base(spec.base, spec.where)
+    return _split(model, spec.freeze, spec.where)
+
+
+__all__ = ["build_model", "split_model", "frozen_masks", "ModelError", "SpecError"]

@@ -1,0 +1,164 @@
+"""The spec: safe YAML, every mistake reported as FILE:LINE: key.path: what."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import splitnet
+from splitnet.spec import Spec, load_spec
+
+GOOD = """\
+model:
+  name: quickstart
+  input_shape: [32]
+  layers:
+    - {type: Dense, name: hidden, units: 64, activation: relu}
+    - {type: Dropout, rate: 0.1}
+    - {type: Dense, name: head, units: 10, activation: softmax}
+freeze:
+  hidden:
+    units: [0, 1, "8:16", -1]
+  head:
+    rows: "0:32"
+    bias: false
+train:
+  data: data/train.npz
+  loss: sparse_categorical_crossentropy
+  optimizer: {name: adamw, learning_rate: 0.001, weight_decay: 0.01}
+  epochs: 5
+  batch_size: 64
+"""
+
+
+def write(tmp_path, text, name="s.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_good_spec_loads(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD))
+    assert isinstance(spec, Spec)
+    assert spec.model.input_shape == (32,)
+    assert [r.layer for r in spec.freeze] == ["hidden", "head"]
+    assert spec.train.epochs == 5 and spec.train.batch_size == 64
+    assert spec.train.optimizer_config == {
+        "class_name": "adamw",
+        "config": {"learning_rate": 0.001, "weight_decay": 0.01},
+    }
+    # Relative paths resolve against the spec's folder, not the working directory.
+    assert spec.train.data == tmp_path / "data" / "train.npz"
+
+
+def test_base_path_resolves_against_spec_folder(tmp_path):
+    spec = load_spec(write(tmp_path, "base: models/m.keras\nfreeze: {d: {units: [0]}}\n"))
+    assert spec.base == tmp_path / "models" / "m.keras" and spec.model is None
+
+
+def test_mapping_errors_have_no_file_prefix():
+    with pytest.raises(splitnet.SpecError) as info:
+        load_spec({"model": {"input_shape": [4], "layers": [{"type": "Dense", "units": 3}]}, "freez": {}})
+    assert str(info.value) == (
+        "freez: unknown key 'freez'; did you mean 'freeze'? (allowed: model, base, freeze, train)"
+    )
+
+
+def test_spec_error_is_a_value_error():
+    assert issubclass(splitnet.SpecError, ValueError)
+
+
+# (what to change in GOOD, expected line, expected "key.path: message" start)
+BAD = [
+    ("units: [0, 1, \"8:16\", -1]", "units: [0, 1, 70]", 10, "freeze.hidden.units[2]: 70 is out of range, layer 'hidden' has 64 units"),
+    ("units: [0, 1, \"8:16\", -1]", "units: [0, 1, \"8:6\"]", 10, "freeze.hidden.units[2]: range '8:6' is reversed"),
+    ("units: [0, 1, \"8:16\", -1]", "units: [0, \"0:4\"]", 10, "freeze.hidden.units[1]: '0:4' overlaps '0'"),
+    ("units: [0, 1, \"8:16\", -1]", "units: []", 10, "freeze.hidden.units: empty list"),
+    ("units: [0, 1, \"8:16\", -1]", "units: [1.5]", 10, "freeze.hidden.units[0]: 1.5 is not an index"),
+    ("units: [0, 1, \"8:16\", -1]", "units: [[1]]", 10, "freeze.hidden.units[0]: [1] is not an index"),
+    ("units: [0, 1, \"8:16\", -1]", "units: [all]", 10, "freeze.hidden.units[0]: all cannot be part of a list"),
+    ("units: [0, 1, \"8:16\", -1]", "unitz: [0]", 10, "freeze.hidden.unitz: unknown key 'unitz'; did you mean 'units'?"),
+    ("rows: \"0:32\"", "rows: \"0:65\"", 12, "freeze.head.rows: range '0:65': 65 is out of range, layer 'head' has 64 input rows"),
+    ("bias: false", "bias: 1", 13, "freeze.head.bias: expected true or false"),
+    ("  hidden:\n", "  hiden:\n", 9, "freeze.hiden: no layer 'hiden' in model 'quickstart'; did you mean 'hidden'?"),
+    ("  head:\n", "  dropout:\n", 11, "freeze.dropout: layer 'dropout' is of type Dropout; only Dense layers can be split"),
+    ("  name: quickstart\n", "  name: quickstart\n  nmae: x\n", 3, "model.nmae: unknown key 'nmae'; did you mean 'name'?"),
+    ("input_shape: [32]", "input_shape: [0]", 3, "model.input_shape[0]: expected a positive integer"),
+    ("input_shape: [32]", "input_shape: 32", 3, "model.input_shape: expected a non-empty list"),
+    ("{type: Dropout, rate: 0.1}", "{type: Dropot, rate: 0.1}", 6, "model.layers[1].type: 'Dropot' is not a Keras layer; did you mean 'Dropout'?"),
+    ("{type: Dropout, rate: 0.1}", "{type: Lambda, function: x}", 6, "model.layers[1].type: Lambda is not allowed here"),
+    ("{type: Dropout, rate: 0.1}", "{type: Dropout, rat: 0.1}", 6, "model.layers[1].rat: Dropout has no argument 'rat'; did you mean 'rate'?"),
+    ("{type: Dropout, rate: 0.1}", "{type: Dropout, rate: 2}", 6, "model.layers[1]: invalid Dropout arguments"),
+    ("{type: Dropout, rate: 0.1}", "{rate: 0.1}", 6, "model.layers[1]: expected a mapping with a `type` key"),
+    ("name: head, units: 10", "name: hidden, units: 10", 7, "model.layers[2].name: duplicate layer name 'hidden'"),
+    ("epochs: 5", "epochs: 0", 18, "train.epochs: expected a positive integer, got 0"),
+    ("batch_size: 64", "batch_size: big", 19, "train.batch_size: expected a positive integer"),
+    ("loss: sparse_categorical_crossentropy", "loss: sparse_crossentropy", 16, "train.loss: 'sparse_crossentropy' is not a Keras loss"),
+    ("{name: adamw, learning_rate: 0.001, weight_decay: 0.01}", "{name: adamx}", 17, "train.optimizer: invalid optimizer 'adamx'"),
+    ("{name: adamw, learning_rate: 0.001, weight_decay: 0.01}", "{name: adamw, lr: 0.1}", 17, "train.optimizer: invalid optimizer 'adamw'"),
+    ("  epochs: 5\n", "  epochs: 5\n  epoch: 3\n", 19, "train.epoch: unknown key 'epoch'; did you mean 'epochs'?"),
+    ("freeze:\n", "base: m.keras\nfreeze:\n", 8, "base: give exactly one of `model` (a layer stack) and `base`"),
+    ("train:\n", "freeze:\n  head: {units: [0]}\ntrain:\n", 14, "freeze: duplicate key 'freeze'"),
+    ("model:\n", "modle:\n", 1, "modle: unknown key 'modle'; did you mean 'model'?"),
+    ("  head:\n    rows: \"0:32\"\n    bias: false\n", "  head:\n", 11, "freeze.head: nothing to freeze"),
+    ("units: [0, 1, \"8:16\", -1]", "units: [0, 1\n", 12, "YAML error: expected ',' or ']'"),
+    ("units: [0, 1, \"8:16\", -1]", "units: !!python/object/apply:os.system [echo hi]", 10, "YAML error: could not determine a constructor for the tag"),
+]
+
+
+@pytest.mark.parametrize("old, new, line, message", BAD, ids=[b[3].split(":")[0] + f"-{i}" for i, b in enumerate(BAD)])
+def test_bad_spec(tmp_path, old, new, line, message):
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(splitnet.SpecError) as info:
+        splitnet.build_model(path)
+    assert str(info.value).startswith(f"{path}:{line}: {message}"), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_python_tag_is_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    path = write(tmp_path, f"model: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(splitnet.SpecError, match="Python tags are not allowed"):
+        load_spec(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "s.yaml: the spec is empty"),
+        ("- 1\n", "expected a mapping of model/base/freeze/train, got list"),
+        ("freeze: {}\n", "give exactly one of `model`"),
+        ("base: 3\n", "base: expected the path of a .keras file, got 3"),
+    ],
+)
+def test_bad_top_level(tmp_path, text, message):
+    with pytest.raises(splitnet.SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_spec(write(tmp_path, text))
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(splitnet.SpecError, match="cannot read spec: No such file"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_missing_base_file(tmp_path):
+    path = write(tmp_path, "base: nope.keras\nfreeze: {d: {units: [0]}}\n")
+    with pytest.raises(splitnet.SpecError, match=r"s.yaml:1: base: file not found: .*nope.keras"):
+        splitnet.build_model(path)
+
+
+def test_base_that_is_not_a_keras_file(tmp_path):
+    (tmp_path / "m.keras").write_text("not a zip")
+    path = write(tmp_path, "base: m.keras\nfreeze: {d: {units: [0]}}\n")
+    with pytest.raises(splitnet.SpecError, match=r"s.yaml:1: base: cannot load .*m.keras as a Keras model"):
+        splitnet.build_model(path)
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_builds(path):
+    spec = load_spec(path)
+    model = splitnet.build_model(spec)
+    masks = splitnet.frozen_masks(model)
+    assert {r.layer for r in spec.freeze} == set(masks)

@@ -1,0 +1,259 @@
+"""Split models: same function, right masks, frozen entries exact under training."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import CASES, IN_DIM, OUT, UNITS, assert_same_function, case_params, data, make_model, perturb
+
+import splitnet
+from splitnet.layers import FrozenDense, SplitJoin
+
+
+@pytest.mark.parametrize("case", case_params())
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "nobias"])
+def test_split_computes_the_same_function(case, use_bias):
+    model = make_model(use_bias=use_bias)
+    split = splitnet.split_model(model, {"d": case.rule})
+    x, _ = data()
+    assert_same_function(split.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("case", case_params())
+def test_masks_and_weights_agree_with_the_rule(case):
+    model = make_model()
+    split = splitnet.split_model(model, {"d": case.rule})
+    kernel, bias = case.masks()
+    masks = splitnet.frozen_masks(split)
+    assert set(masks) == {"d"}
+    np.testing.assert_array_equal(masks["d"]["kernel"], kernel)
+    np.testing.assert_array_equal(masks["d"]["bias"], bias)
+    # The pieces hold exactly the original weights, each entry once.
+    original = model.get_layer("d").get_weights()
+    for got, want in zip(splitnet.merged_weights(split)["d"], original):
+        np.testing.assert_array_equal(got, want)
+    trainable = sum(int(np.prod(w.shape)) for w in split.trainable_weights)
+    out_params = (UNITS + 1) * OUT
+    assert trainable == (~kernel).sum() + (~bias).sum() + out_params
+
+
+def _optimizers():
+    return {
+        "adamw": lambda: keras.optimizers.AdamW(learning_rate=0.01, weight_decay=0.05),
+        "sgd": lambda: keras.optimizers.SGD(learning_rate=0.01, momentum=0.9, nesterov=True, weight_decay=0.05),
+    }
+
+
+def _fit_and_check(case, optimizer, regularizer=None, epochs=2):
+    model = make_model(kernel_regularizer=regularizer)
+    before = [w.copy() for w in model.get_layer("d").get_weights()]
+    split = splitnet.split_model(model, {"d": case.rule})
+    split.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    x, y = data(128)
+    split.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    after = splitnet.merged_weights(split)["d"]
+    kernel_mask, bias_mask = case.masks()
+    for mask, old, new in zip((kernel_mask, bias_mask), before, after):
+        np.testing.assert_array_equal(new[mask], old[mask])  # frozen: bit-identical
+    # Weight decay / L2 moves every trainable kernel entry.
+    assert (after[0] != before[0])[~kernel_mask].all()
+    if (~bias_mask).any():
+        assert (after[1] != before[1])[~bias_mask].any()
+    # The input model is untouched.
+    for old, now in zip(before, model.get_layer("d").get_weights()):
+        np.testing.assert_array_equal(old, now)
+
+
+TRAINABLE_CASES = [c for c in CASES if c.id not in ("units-all", "rows-all-and-bias")]
+
+
+@pytest.mark.parametrize("case", case_params(TRAINABLE_CASES))
+def test_adamw_weight_decay_keeps_frozen_entries(case):
+    _fit_and_check(case, _optimizers()["adamw"]())
+
+
+@pytest.mark.parametrize("case", case_params([CASES[0], CASES[2], CASES[5], CASES[10]]))
+def test_sgd_nesterov_weight_decay_keeps_frozen_entries(case):
+    _fit_and_check(case, _optimizers()["sgd"]())
+
+
+@pytest.mark.parametrize("case", case_params([CASES[0], CASES[7], CASES[10]]))
+def test_l2_regularizer_keeps_frozen_entries(case):
+    _fit_and_check(case, keras.optimizers.SGD(learning_rate=0.05), regularizer=keras.regularizers.L2(0.1))
+
+
+def test_layer_frozen_whole_stays_exact():
+    model = make_model()
+    split = splitnet.split_model(model, {"d": {"units": "all"}})
+    assert type(split.get_layer("d")) is FrozenDense
+    split.compile(optimizer=_optimizers()["adamw"](), loss="sparse_categorical_crossentropy")
+    split.fit(*data(64), epochs=1, verbose=0)
+    for old, new in zip(model.get_layer("d").get_weights(), split.get_layer("d").get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+
+def _slot_floats(optimizer):
+    skip = {id(optimizer.iterations), id(optimizer._learning_rate)} if hasattr(optimizer, "_learning_rate") else set()
+    return sum(int(np.prod(v.shape)) for v in optimizer.variables if id(v) not in skip)
+
+
+def test_optimizer_state_only_for_trainable_entries():
+    model = make_model()
+    split = splitnet.split_model(model, {"d": {"units": "0:30", "rows": [0, 1]}, "out": {"units": [0]}})
+    states = {}
+    for name, m in (("unsplit", model), ("split", split)):
+        opt = keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=0.01)
+        opt.build(m.trainable_variables)
+        trainable = sum(int(np.prod(w.shape)) for w in m.trainable_weights)
+        states[name] = _slot_floats(opt)
+        assert states[name] == 2 * trainable  # m and v per trainable entry, nothing more
+    masks = splitnet.frozen_masks(split)
+    frozen = sum(int(v.sum()) for m in masks.values() for v in m.values())
+    assert states["unsplit"] - states["split"] == 2 * frozen
+
+
+def test_activation_applied_once_after_join():
+    inputs = keras.Input((IN_DIM,))
+    model = perturb(keras.Model(inputs, keras.layers.Dense(9, activation="softmax", name="head")(inputs)))
+    split = splitnet.split_model(model, {"head": {"units": [0, 4, 8]}})
+    x, _ = data()
+    out = split.predict(x, verbose=0)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-6)
+    assert_same_function(out, model.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("case", case_params([CASES[0], CASES[2], CASES[10]]))
+def test_rank3_inputs(case):
+    shape = (7, IN_DIM)
+    model = make_model(input_shape=shape)
+    split = splitnet.split_model(model, {"d": case.rule})
+    x, y = data(32, input_shape=shape)
+    assert_same_function(split.predict(x, verbose=0), model.predict(x, verbose=0))
+    split.compile(optimizer="adamw", loss="sparse_categorical_crossentropy")
+    split.fit(x, y, epochs=1, verbose=0)
+    kernel_mask, _ = case.masks()
+    np.testing.assert_array_equal(
+        splitnet.merged_weights(split)["d"][0][kernel_mask], model.get_layer("d").get_weights()[0][kernel_mask]
+    )
+
+
+@pytest.fixture
+def mixed_precision():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    yield
+    keras.config.set_dtype_policy(previous)
+
+
+@pytest.mark.parametrize("case", case_params([CASES[0], CASES[2], CASES[10]]))
+def test_mixed_float16(mixed_precision, case):
+    model = make_model()
+    split = splitnet.split_model(model, {"d": case.rule})
+    assert split.get_layer("d").compute_dtype == "float16"
+    x, y = data(64)
+    a, b = split.predict(x, verbose=0), model.predict(x, verbose=0)
+    np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3)
+    before = model.get_layer("d").get_weights()
+    split.compile(optimizer="adamw", loss="sparse_categorical_crossentropy")
+    # Dynamic loss scaling skips the first steps (overflow), so take enough.
+    split.fit(x, y, epochs=2, batch_size=4, verbose=0)
+    after = splitnet.merged_weights(split)["d"]
+    assert after[0].dtype == np.float32  # variables stay float32 under the mixed policy
+    kernel_mask, bias_mask = case.masks()
+    np.testing.assert_array_equal(after[0][kernel_mask], before[0][kernel_mask])
+    np.testing.assert_array_equal(after[1][bias_mask], before[1][bias_mask])
+    assert (after[0] != before[0])[~kernel_mask].any()
+
+
+def test_save_and_load_keeps_groups(tmp_path):
+    model = make_model()
+    split = splitnet.split_model(model, {"d": {"units": [0, 1, "8:16", -1], "rows": "0:3"}, "out": {"units": "all"}})
+    perturb(split, seed=5)
+    path = tmp_path / "split.keras"
+    split.save(path)
+    loaded = keras.saving.load_model(path)  # default safe_mode=True: no Lambda anywhere
+    x, _ = data()
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), split.predict(x, verbose=0))
+    assert isinstance(loaded.get_layer("d"), SplitJoin)
+    assert loaded.get_layer("d").get_config() == split.get_layer("d").get_config()
+    for key, masks in splitnet.frozen_masks(split).items():
+        for kind, mask in masks.items():
+            np.testing.assert_array_equal(splitnet.frozen_masks(loaded)[key][kind], mask)
+    for key, weights in splitnet.merged_weights(split).items():
+        for a, b in zip(splitnet.merged_weights(loaded)[key], weights):
+            np.testing.assert_array_equal(a, b)
+    assert len(loaded.trainable_weights) == len(split.trainable_weights)
+
+
+def test_trainable_true_does_not_unfreeze():
+    split = splitnet.split_model(make_model(), {"d": {"units": "0:10"}, "out": {"units": "all"}})
+    count = len(split.trainable_weights)
+    split.trainable = True
+    assert len(split.trainable_weights) == count
+    assert not split.get_layer("d__frozen").trainable
+    assert not split.get_layer("out").trainable
+
+
+def test_sequential_model():
+    model = perturb(
+        keras.Sequential([keras.Input((IN_DIM,)), keras.layers.Dense(UNITS, name="d"), keras.layers.Dense(OUT, name="out")])
+    )
+    split = splitnet.split_model(model, {"d": {"units": "0:4"}})
+    x, _ = data()
+    assert_same_function(split.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize(
+    "freeze, message",
+    [
+        ({"zz": {"units": [0]}}, "freeze.zz: no layer 'zz' in model 'net'"),
+        ({"dd": {"units": [0]}}, "did you mean 'd'?"),
+        ({"d": {"units": [40]}}, "freeze.d.units[0]: 40 is out of range, layer 'd' has 40 units"),
+        ({"d": {"units": [-41]}}, "freeze.d.units[0]: -41 is out of range"),
+        ({"d": {"rows": "0:13"}}, "freeze.d.rows: range '0:13': 13 is out of range, layer 'd' has 12 input rows"),
+        ({"d": {"units": "5:2"}}, "freeze.d.units: range '5:2' is reversed"),
+        ({"d": {"units": "-1:-3"}}, "reversed"),
+        ({"d": {"units": "3:3"}}, "range '3:3' is empty"),
+        ({"d": {"units": ["0:4", 2]}}, "freeze.d.units[1]: '2' overlaps '0:4' (both include 2)"),
+        ({"d": {"units": []}}, "freeze.d.units: empty list"),
+        ({"d": {"units": [True]}}, "freeze.d.units[0]: True is not an index"),
+        ({"d": {"unit": [0]}}, "freeze.d.unit: unknown key 'unit'; did you mean 'units'?"),
+        ({"d": {"bias": "yes"}}, "freeze.d.bias: expected true or false"),
+        ({"d": {}}, "nothing to freeze"),
+    ],
+)
+def test_freeze_errors(freeze, message):
+    with pytest.raises(splitnet.SpecError) as info:
+        splitnet.split_model(make_model(), freeze)
+    assert message in str(info.value)
+    assert str(info.value).startswith("freeze.")
+
+
+def test_non_dense_layer_is_refused():
+    inputs = keras.Input((IN_DIM,))
+    h = keras.layers.Dense(UNITS, name="d")(inputs)
+    model = keras.Model(inputs, keras.layers.Dropout(0.1, name="drop")(h))
+    with pytest.raises(splitnet.SpecError, match="freeze.drop: layer 'drop' is of type Dropout; only Dense layers"):
+        splitnet.split_model(model, {"drop": {"units": [0]}})
+
+
+def test_kernel_constraint_on_row_split_is_refused():
+    model = make_model(kernel_constraint=keras.constraints.MaxNorm(2.0))
+    with pytest.raises(splitnet.SpecError, match="freeze.d.rows: layer 'd' has a kernel_constraint"):
+        splitnet.split_model(model, {"d": {"rows": [0]}})
+    # Per-unit constraints are fine for unit splits.
+    splitnet.split_model(model, {"d": {"units": [0]}})
+
+
+def test_subclassed_model_is_refused():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras.layers.Dense(3, name="d")
+
+        def call(self, x):
+            return self.d(x)
+
+    net = Net()
+    net(np.zeros((1, 4), "float32"))
+    with pytest.raises(splitnet.ModelError, match="only Functional and Sequential"):
+        splitnet.split_model(net, {"d": {"units": [0]}})
