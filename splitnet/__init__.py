@@ -7,10 +7,15 @@ Example:
     (32, 64)
 """
 
-from splitnet.errors import SpecError, SplitnetError
-from splitnet.merge import merge_model, merged_weights
-from splitnet.spec import Spec, load_spec
-from splitnet.split import ModelError, build_model, frozen_masks, split_model
+from splitnet._startup import quiet_tensorflow_import
+
+quiet_tensorflow_import()  # only when running as the `splitnet` command
+
+from splitnet.errors import SpecError, SplitnetError  # noqa: E402
+from splitnet.export import export_saved_model  # noqa: E402
+from splitnet.merge import merge_model, merged_weights  # noqa: E402
+from splitnet.spec import Spec, load_spec  # noqa: E402
+from splitnet.split import ModelError, build_model, frozen_masks, split_model  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -20,6 +25,7 @@ __all__ = [
     "SpecError",
     "SplitnetError",
     "build_model",
+    "export_saved_model",
     "frozen_masks",
     "load_spec",
     "merge_model",

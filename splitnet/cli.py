@@ -1,0 +1,238 @@
+"""The `splitnet` command: a thin shell over the library.
+
+This is the only place where exceptions become messages and exit codes:
+0 success, 2 a bad spec, bad arguments or bad input files, 1 anything else.
+Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import keras
+
+import splitnet
+from splitnet.errors import SpecError
+from splitnet.export import OutputError, atomic_output, check_output, save_keras
+from splitnet.job import format_report, run_spec
+from splitnet.spec import TrainSpec
+from splitnet.split import ModelError
+from splitnet.summary import describe, format_table, plot_masks
+from splitnet.train import DataError, compile_model, get_data, set_learning_rate
+
+EXIT_FAILURE, EXIT_USAGE = 1, 2
+
+
+class InputFileError(ValueError):
+    """An input path given on the command line cannot be used."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("splitnet: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
+            usage = isinstance(exc, (SpecError, OutputError, ModelError, DataError, InputFileError))
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            if not usage and not message.startswith(type(exc).__name__):
+                message = f"{type(exc).__name__}: {message}"
+            click.echo(f"splitnet: error: {message}", err=True)
+            ctx.exit(EXIT_USAGE if usage else EXIT_FAILURE)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(splitnet.__version__, "--version", prog_name="splitnet")
+def main():
+    """Freeze chosen units or input rows of Keras Dense layers, exactly.
+
+    \b
+    Example:
+      splitnet run configs/quickstart.yaml
+    """
+
+
+def _is_spec(path):
+    return Path(path).suffix.lower() in (".yaml", ".yml")
+
+
+def _load_keras(path, compile=True):
+    try:
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means: not a loadable Keras archive
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputFileError(f"cannot load {path} as a Keras model: {first}") from None
+
+
+def _model_from(path, learning_rate=None):
+    """A compiled model from a spec (built and compiled) or a `.keras` file, and its train settings."""
+    if _is_spec(path):
+        spec = splitnet.load_spec(path)
+        keras.utils.set_random_seed(spec.train.seed)
+        model = compile_model(splitnet.build_model(spec), spec.train, learning_rate)
+        return model, spec.train
+    if Path(path).suffix.lower() != ".keras":
+        raise InputFileError(f"{path}: expected a spec (.yaml) or a Keras model (.keras)")
+    model = _load_keras(path)
+    if learning_rate is not None and model.optimizer is not None:
+        set_learning_rate(model, learning_rate)
+    return model, TrainSpec()
+
+
+_input = click.argument("input_path", metavar="MODEL.keras|SPEC", type=click.Path(exists=True, dir_okay=False))
+_keras_in = click.argument("input_path", metavar="IN.keras", type=click.Path(exists=True, dir_okay=False))
+_force = click.option("--force", is_flag=True, help="Overwrite an existing output.")
+
+
+_keras_out = click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .keras file to write.")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(exists=True, dir_okay=False))
+@_keras_out
+@_force
+def build(spec_path, output, force):
+    """Build the split model of SPEC, compile it with the spec's train settings, save it.
+
+    \b
+    Example:
+      splitnet build configs/quickstart.yaml -o split.keras
+    """
+
+    check_output(output, force)
+    model, _ = _model_from(spec_path)
+    save_keras(model, output, force)
+    info = describe(model)
+    click.echo(f"wrote {output}: {info['frozen']:,} of {info['frozen'] + info['trainable']:,} Dense entries frozen")
+
+
+@main.command()
+@_input
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), help=".npz with x, y (optional x_val, y_val); default: the spec's, else the synthetic task.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: the spec's, else 5).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (default: the spec's, else 64).")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Override the optimizer's learning rate.")
+@_keras_out
+@_force
+def train(input_path, data, epochs, batch_size, learning_rate, output, force):
+    """Train a split model with model.fit and save it.
+
+    MODEL.keras is a model saved by `splitnet build` or `splitnet train`
+    (training resumes with its optimizer state); SPEC builds a fresh one.
+
+    \b
+    Example:
+      splitnet train split.keras --epochs 3 -o trained.keras
+    """
+
+    check_output(output, force)
+    model, settings = _model_from(input_path, learning_rate)
+    if model.optimizer is None:
+        raise InputFileError(f"{input_path} was saved without a compile config; train from its spec instead")
+    dataset = get_data(model, data or settings.data, seed=settings.seed)
+    model.fit(
+        dataset.x,
+        dataset.y,
+        validation_data=dataset.validation,
+        epochs=epochs or settings.epochs,
+        batch_size=batch_size or settings.batch_size,
+    )
+    save_keras(model, output, force)
+    click.echo(f"wrote {output}")
+
+
+@main.command()
+@_keras_in
+@_keras_out
+@_force
+def merge(input_path, output, force):
+    """Merge every split group of IN.keras back into one plain Dense and save it.
+
+    \b
+    Example:
+      splitnet merge trained.keras -o merged.keras
+    """
+
+    check_output(output, force)
+    merged = splitnet.merge_model(_load_keras(input_path))
+    save_keras(merged, output, force)
+    click.echo(f"wrote {output}")
+
+
+@main.command()
+@_keras_in
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="The SavedModel folder to create.")
+@_force
+def export(input_path, output, force):
+    """Merge IN.keras and export it as a TensorFlow SavedModel (checked after reload).
+
+    \b
+    Example:
+      splitnet export trained.keras -o exported/
+    """
+
+    check_output(output, force)
+    _, diff = splitnet.export_saved_model(_load_keras(input_path, compile=False), output, force=force)
+    click.echo(f"wrote {output} (reloaded; max |difference| to the merged model {diff:.3g})")
+
+
+@main.command()
+@_input
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Draw each frozen kernel's map into a PNG (needs matplotlib).")
+@_force
+def inspect(input_path, as_json, plot, force):
+    """Show per Dense layer what is frozen, parameter counts and the optimizer state saved.
+
+    \b
+    Example:
+      splitnet inspect configs/quickstart.yaml
+      splitnet inspect trained.keras --json
+    """
+
+    if plot:
+        check_output(plot, force)
+    model, _ = _model_from(input_path)
+    info = describe(model)
+    click.echo(json.dumps(info, indent=2) if as_json else format_table(info))
+    if plot:
+        with atomic_output(plot, force) as tmp:
+            plot_masks(model, tmp)
+        if not as_json:
+            click.echo(f"wrote {plot}")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Folder to create for the results (default: runs/NAME-TIME).")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), help="Override train.data (.npz).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override train.batch_size.")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Override the learning rate.")
+@_force
+def run(spec_path, output, data, epochs, batch_size, learning_rate, force):
+    """The whole job: build, train, check the frozen entries, merge, export, report.
+
+    \b
+    Writes OUTPUT/saved_model (the export), OUTPUT/split.keras (the trained
+    split model), OUTPUT/spec.yaml and OUTPUT/report.json.
+
+    \b
+    Example:
+      splitnet run configs/quickstart.yaml -o runs/quickstart
+    """
+
+    report = run_spec(
+        spec_path, output, force=force, data=data, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate
+    )
+    click.echo(format_report(report))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

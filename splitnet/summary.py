@@ -1,0 +1,147 @@
+"""What is frozen where: per-layer counts for `splitnet inspect` and the run report."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from splitnet.layers import SplitJoin
+from splitnet.plan import runs
+from splitnet.split import frozen_masks, walk_layers
+
+
+def format_indices(indices):
+    """`[0, 1, 8, 9, 10, 63]` -> `"0:2, 8:11, 63"` (half-open runs, like the spec)."""
+    parts = [str(a) if b == a + 1 else f"{a}:{b}" for a, b in runs(sorted(indices))]
+    return ", ".join(parts) if parts else "-"
+
+
+def slots_per_entry(optimizer):
+    """How many floats `optimizer` keeps per trainable entry (Adam: 2, SGD+momentum: 1)."""
+    fresh = optimizer.__class__.from_config(optimizer.get_config())
+    shared = len(fresh.variables)  # iterations, learning rate: not per entry
+    fresh.build([keras.Variable(np.zeros((1,), "float32"))])
+    return sum(int(np.prod(v.shape)) for v in fresh.variables[shared:])
+
+
+def describe(model, optimizer=None):
+    """Per-layer frozen/trainable counts of every Dense layer (groups as one layer).
+
+    Args:
+        model: A split or plain model.
+        optimizer: Used to count optimizer floats saved; defaults to the
+            model's compiled optimizer, if any.
+
+    Returns:
+        A dict: `layers` (a list of rows), and totals `trainable`, `frozen`
+        (Dense entries), `params` (all of the model), `slots_per_entry`,
+        `optimizer_floats_saved` and `optimizer_bytes_saved`.
+
+    Example:
+        >>> import keras, splitnet
+        >>> from splitnet.summary import describe
+        >>> inputs = keras.Input((4,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(3, name="d")(inputs))
+        >>> describe(splitnet.split_model(model, {"d": {"units": [0]}}))["layers"][0]["frozen"]
+        5
+    """
+    optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
+    slots = slots_per_entry(optimizer) if optimizer is not None else None
+    masks = frozen_masks(model)
+    rows = []
+    for key, layer, _, _ in walk_layers(model):
+        if isinstance(layer, SplitJoin):
+            plan = layer.plan
+            shape, kind = (plan.in_dim, plan.units), "split"
+            units, rows_frozen, bias = plan.frozen_units, plan.frozen_rows, plan.bias_frozen
+        elif isinstance(layer, keras.layers.Dense) and (key in masks or "__" not in layer.name):
+            shape, kind = tuple(layer.kernel.shape), "frozen" if key in masks else "trainable"
+            units = range(layer.units) if key in masks else ()
+            rows_frozen, bias = (), key in masks and layer.use_bias
+        else:
+            continue
+        mask = masks.get(key)
+        size = shape[0] * shape[1] + (shape[1] if _uses_bias(layer) else 0)
+        frozen = int(mask["kernel"].sum() + mask["bias"].sum()) if mask else 0
+        rows.append(
+            {
+                "layer": key,
+                "kind": kind,
+                "shape": list(shape),
+                "frozen_units": format_indices(units),
+                "frozen_rows": format_indices(rows_frozen),
+                "bias_frozen": bool(bias),
+                "trainable": size - frozen,
+                "frozen": frozen,
+            }
+        )
+    frozen_total = sum(r["frozen"] for r in rows)
+    return {
+        "model": model.name,
+        "layers": rows,
+        "trainable": sum(r["trainable"] for r in rows),
+        "frozen": frozen_total,
+        "params": int(model.count_params()),
+        "slots_per_entry": slots,
+        "optimizer_floats_saved": None if slots is None else frozen_total * slots,
+        "optimizer_bytes_saved": None if slots is None else frozen_total * slots * 4,
+    }
+
+
+def _uses_bias(layer):
+    if isinstance(layer, SplitJoin):
+        return layer.plan.use_bias
+    return layer.use_bias
+
+
+def format_table(info):
+    """The `describe` dict as an aligned text table with a totals line."""
+    head = ["layer", "kind", "shape", "frozen units", "frozen rows", "bias", "trainable", "frozen"]
+    body = [
+        [
+            r["layer"],
+            r["kind"],
+            "x".join(map(str, r["shape"])),
+            r["frozen_units"],
+            r["frozen_rows"],
+            "frozen" if r["bias_frozen"] else "-",
+            f"{r['trainable']:,}",
+            f"{r['frozen']:,}",
+        ]
+        for r in info["layers"]
+    ]
+    widths = [max(len(str(row[i])) for row in [head] + body) for i in range(len(head))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head] + body]
+    total = info["trainable"] + info["frozen"]
+    share = info["frozen"] / total if total else 0.0
+    lines.append("")
+    lines.append(f"Dense entries: {total:,}, frozen {info['frozen']:,} ({share:.1%}), trainable {info['trainable']:,}")
+    if info["slots_per_entry"] is not None:
+        lines.append(
+            f"optimizer state saved: {info['optimizer_floats_saved']:,} floats "
+            f"({info['optimizer_bytes_saved'] / 1024:,.1f} KiB; {info['slots_per_entry']} per frozen entry)"
+        )
+    return "\n".join(lines)
+
+
+def plot_masks(model, path):
+    """Draw each split layer's kernel as a frozen (dark) / trainable (light) map into a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install 'splitnet[plot]'") from None
+    masks = frozen_masks(model)
+    if not masks:
+        raise ValueError(f"model {model.name!r} has no frozen Dense entries to plot")
+    fig, axes = plt.subplots(1, len(masks), figsize=(4 * len(masks), 4), squeeze=False)
+    for ax, (key, mask) in zip(axes[0], masks.items()):
+        ax.imshow(mask["kernel"], cmap="Greys", vmin=0, vmax=1.6, aspect="auto", interpolation="nearest")
+        ax.set_title(f"{key}: {int(mask['kernel'].sum()):,} of {mask['kernel'].size:,} frozen")
+        ax.set_xlabel("output unit")
+        ax.set_ylabel("input row")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

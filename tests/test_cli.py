@@ -1,0 +1,206 @@
+"""The splitnet command, end to end: CliRunner for most, real subprocesses for some."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import splitnet
+from splitnet.cli import main
+from splitnet.layers import SplitJoin
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+COMMANDS = ["build", "train", "merge", "export", "inspect", "run"]
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+def errors(result):
+    """stderr lines of a failed command: exactly one, never a traceback."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    path = tmp_path_factory.mktemp("built") / "split.keras"
+    result = invoke("build", QUICKSTART, "-o", path)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_version_and_help():
+    assert invoke("--version").output.strip() == f"splitnet, version {splitnet.__version__}"
+    for command in COMMANDS:
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Example:" in result.output and f"splitnet {command}" in result.output
+
+
+def test_build_saves_a_compiled_split_model(built):
+    model = keras.saving.load_model(built)
+    assert isinstance(model.get_layer("hidden"), SplitJoin)
+    assert type(model.optimizer).__name__ == "AdamW" and model.optimizer.weight_decay == 0.01
+    assert model.loss == "sparse_categorical_crossentropy"
+
+
+def test_train_resumes_a_built_model_and_keeps_frozen_entries(built, tmp_path):
+    out = tmp_path / "trained.keras"
+    result = invoke("train", built, "--epochs", 1, "--batch-size", 128, "--learning-rate", 0.01, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "14/14" in result.output  # Keras progress bar: 1792 samples / 128
+    before, after = keras.saving.load_model(built), keras.saving.load_model(out)
+    assert float(after.optimizer.learning_rate) == pytest.approx(0.01)
+    assert int(after.optimizer.iterations) == 14  # 1792 samples / 128: the optimizer state is saved
+    masks = splitnet.frozen_masks(before)
+    for name, mask in masks.items():
+        old, new = splitnet.merged_weights(before)[name], splitnet.merged_weights(after)[name]
+        np.testing.assert_array_equal(new[0][mask["kernel"]], old[0][mask["kernel"]])
+        assert (new[0] != old[0])[~mask["kernel"]].all()
+
+
+def test_train_from_spec_with_data_file(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=rng.normal(size=(100, 32)).astype("float32"), y=rng.integers(0, 10, 100))
+    out = tmp_path / "t.keras"
+    result = invoke("train", QUICKSTART, "--data", data, "--epochs", 1, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "2/2" in result.output  # 100 samples, batch 64 from the spec
+
+
+def test_merge_and_export(built, tmp_path):
+    merged = tmp_path / "merged.keras"
+    assert invoke("merge", built, "-o", merged).exit_code == 0
+    model = keras.saving.load_model(merged)
+    assert [type(layer).__name__ for layer in model.layers] == ["InputLayer", "Dense", "Dropout", "Dense"]
+    out = tmp_path / "export"
+    result = invoke("export", built, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "saved_model.pb").is_file() and "reloaded" in result.output
+
+
+def test_inspect_table_and_json(built):
+    table = invoke("inspect", built)
+    assert table.exit_code == 0
+    assert "hidden  split  32x64  0:2, 8:16, 63" in table.output
+    assert "optimizer state saved: 1,366 floats" in table.output
+    info = json.loads(invoke("inspect", QUICKSTART, "--json").output)
+    assert info["frozen"] == 683 and info["slots_per_entry"] == 2
+    assert [row["layer"] for row in info["layers"]] == ["hidden", "head"]
+
+
+def test_inspect_plot(built, tmp_path):
+    png = tmp_path / "masks.png"
+    result = invoke("inspect", built, "--plot", png)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert result.exit_code == 1
+        assert "pip install 'splitnet[plot]'" in errors(result)
+        assert not png.exists()
+    else:
+        assert result.exit_code == 0 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_writes_checked_results(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("run", QUICKSTART, "-o", out, "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    assert "frozen entries:   683, all bit-identical after training (checked)" in result.output
+    assert "trainable moved:  2,079 of 2,079" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["frozen_changed"] == 0 and report["loss_after"] < report["loss_before"]
+    assert report["max_split_vs_merged"] < 1e-5
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "saved_model", "spec.yaml", "split.keras"]
+    assert (out / "spec.yaml").read_text() == Path(QUICKSTART).read_text()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_runs(path, tmp_path):
+    result = invoke("run", path, "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["frozen_entries"] > 0 and report["frozen_changed"] == 0
+    assert report["trainable_moved"] == report["trainable_entries"]
+    assert report["loss_after"] < 0.9 * report["loss_before"]  # the synthetic task is learnable
+
+
+def test_existing_output_is_not_overwritten(built, tmp_path):
+    out = tmp_path / "exists.keras"
+    out.write_text("precious")
+    result = invoke("build", QUICKSTART, "-o", out)
+    assert result.exit_code == 2
+    assert errors(result) == f"splitnet: error: {out} already exists; pass --force (force=True) to overwrite it"
+    assert out.read_text() == "precious"
+    assert invoke("build", QUICKSTART, "-o", out, "--force").exit_code == 0
+    assert isinstance(keras.saving.load_model(out).get_layer("head"), SplitJoin)
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["build", "{bad}", "-o", "{tmp}/o.keras"], 2, "splitnet: error: {bad}:7: model.layers[1].type: 'Dropot' is not a Keras layer"),
+        (["run", "{bad}", "-o", "{tmp}/run"], 2, "splitnet: error: {bad}:7:"),
+        (["build", "{tmp}/missing.yaml", "-o", "{tmp}/o.keras"], 2, "does not exist"),
+        (["build", QUICKSTART, "-o", "{tmp}/no/such/o.keras"], 2, "folder {tmp}/no/such does not exist"),
+        (["build", QUICKSTART, "-o", "{tmp}/o.h5"], 2, "must end in .keras"),
+        (["merge", "{notkeras}", "-o", "{tmp}/o.keras"], 2, "cannot load {notkeras} as a Keras model"),
+        (["train", "{notkeras}", "-o", "{tmp}/o.keras"], 2, "cannot load"),
+        (["train", QUICKSTART, "--epochs", "0", "-o", "{tmp}/o.keras"], 2, "Invalid value for '--epochs'"),
+        (["inspect", "{tmp}/x.txt"], 2, "expected a spec (.yaml) or a Keras model (.keras)"),
+        (["train", QUICKSTART, "--data", "{baddata}", "-o", "{tmp}/o.keras"], 2, "needs arrays x, y"),
+    ],
+)
+def test_errors_are_one_line_with_exit_codes(tmp_path, args, code, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path(QUICKSTART).read_text().replace("type: Dropout", "type: Dropot"))
+    notkeras = tmp_path / "m.keras"
+    notkeras.write_text("not a zip")
+    (tmp_path / "x.txt").write_text("")
+    baddata = tmp_path / "d.npz"
+    np.savez(baddata, a=np.zeros(3))
+    values = {"bad": bad, "tmp": tmp_path, "notkeras": notkeras, "baddata": baddata}
+    result = invoke(*[a.format(**values) for a in args])
+    assert result.exit_code == code, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert message.format(**values) in line
+    # Nothing half-written: only the inputs this test made are there.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "d.npz", "m.keras", "x.txt"]
+
+
+def _splitnet(*args, cwd):
+    exe = Path(sys.executable).with_name("splitnet")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "splitnet.cli"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(command + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def test_real_process_run_and_error(tmp_path):
+    result = _splitnet("run", QUICKSTART, "--epochs", 1, "-o", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "all bit-identical after training (checked)" in result.stdout
+    assert "cuda" not in result.stderr.lower() and "Traceback" not in result.stderr
+    assert (tmp_path / "out" / "saved_model" / "saved_model.pb").is_file()
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: !!python/object/apply:os.system ['echo pwned']\n")
+    result = _splitnet("run", bad, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"splitnet: error: {bad}:1: YAML error: could not determine a constructor for the tag "
+        "'tag:yaml.org,2002:python/object/apply:os.system' (specs are read with yaml.safe_load; "
+        "Python tags are not allowed)"
+    )
+    assert "pwned" not in result.stdout
