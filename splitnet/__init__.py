@@ -11,11 +11,11 @@ from splitnet._startup import quiet_tensorflow_import
 
 quiet_tensorflow_import()  # only when running as the `splitnet` command
 
-from splitnet.errors import SpecError, SplitnetError  # noqa: E402
+from splitnet.errors import ModelError, SpecError, SplitnetError  # noqa: E402
 from splitnet.export import export_saved_model  # noqa: E402
 from splitnet.merge import merge_model, merged_weights  # noqa: E402
 from splitnet.spec import Spec, load_spec  # noqa: E402
-from splitnet.split import ModelError, build_model, frozen_masks, split_model  # noqa: E402
+from splitnet.split import build_model, frozen_masks, split_model  # noqa: E402
 
 __version__ = "0.1.0"
 

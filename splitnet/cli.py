@@ -18,7 +18,7 @@ from splitnet.errors import SpecError
 from splitnet.export import OutputError, atomic_output, check_output, save_keras
 from splitnet.job import format_report, run_spec
 from splitnet.spec import TrainSpec
-from splitnet.split import ModelError
+from splitnet.errors import ModelError
 from splitnet.summary import describe, format_table, plot_masks
 from splitnet.train import DataError, compile_model, get_data, set_learning_rate
 

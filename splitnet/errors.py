@@ -37,3 +37,7 @@ class SpecError(SplitnetError, ValueError):
         if path:
             prefix += f"{path}: "
         super().__init__(prefix + problem)
+
+
+class ModelError(SplitnetError, ValueError):
+    """A model cannot be split or merged as asked (its kind, not the spec's syntax)."""

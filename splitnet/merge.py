@@ -11,9 +11,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from splitnet.errors import SplitnetError
+from splitnet.graph import find_groups, rewrite, walk_layers
 from splitnet.layers import FrozenDense
-from splitnet.split import ModelError, _as_functional, find_groups, walk_layers
 
 
 def _group_weights(join, layers):
@@ -77,49 +76,32 @@ def merge_model(model):
         >>> type(merged.get_layer("d")).__name__, merged.get_layer("d").trainable
         ('Dense', True)
     """
-    groups = {}  # id(join) -> (join, layers)
-    passthrough = set()
+    groups, passthrough, merged = {}, set(), []
     for _, join, layers in find_groups(model):
         groups[id(join)] = (join, layers)
         passthrough |= {id(layer) for layer in layers.values()}
-    copies, merged = [], {}
 
-    def clone_function(layer):
-        if id(layer) in groups or id(layer) in passthrough:
-            return layer  # replaced at call time
-        config = layer.get_config()
-        if isinstance(layer, FrozenDense):  # frozen whole by splitnet: a Dense again
-            new = keras.layers.Dense.from_config({**config, "trainable": True})
-        else:
-            new = layer.__class__.from_config(config)
-        copies.append((layer, new))
-        return new
-
-    def call_function(layer, *args, **kwargs):
-        if id(layer) not in groups and id(layer) not in passthrough:
-            return layer(*args, **kwargs)
-        # Every layer of a group sees the group's input, so passing it through
-        # leaves the join holding the original Dense's input.
-        x = args[0]
-        x = x[0] if isinstance(x, (list, tuple)) else x
+    def replacement(layer):
         if id(layer) in passthrough:
-            return x
-        if id(layer) not in merged:
+            # Every layer of a group sees the group's input, so passing it
+            # through leaves the join holding the original Dense's input.
+            return lambda inputs, *args, **kwargs: _first(inputs)
+        if id(layer) in groups:
             join, layers = groups[id(layer)]
             dense = keras.layers.Dense.from_config(join.dense_config)
-            merged[id(layer)] = (dense, _group_weights(join, layers))
-        return merged[id(layer)][0](x)
+            merged.append((dense, _group_weights(join, layers)))
+            return lambda inputs, *args, **kwargs: dense(_first(inputs))
+        if isinstance(layer, FrozenDense):  # frozen whole by splitnet: a trainable Dense again
+            dense = keras.layers.Dense.from_config({**layer.get_config(), "trainable": True})
+            merged.append((dense, layer.get_weights()))
+            return lambda *args, **kwargs: dense(*args, **kwargs)
+        return None
 
-    try:
-        new_model = keras.models.clone_model(
-            _as_functional(model), clone_function=clone_function, call_function=call_function, recursive=True
-        )
-    except SplitnetError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"cannot merge model {model.name!r}: {exc}") from exc
-    for old, new in copies:
-        new.set_weights(old.get_weights())
-    for dense, weights in merged.values():
+    new_model = rewrite(model, replacement)
+    for dense, weights in merged:
         dense.set_weights(weights)
     return new_model
+
+
+def _first(inputs):
+    return inputs[0] if isinstance(inputs, (list, tuple)) else inputs

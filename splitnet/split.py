@@ -14,11 +14,9 @@ import re
 import keras
 import numpy as np
 
-# Functional is not exported by name; it is what clone_model can rewrite.
-from keras.src.models.functional import Functional
-
 from splitnet import spec as spec_lib
-from splitnet.errors import SpecError, SplitnetError
+from splitnet.errors import ModelError, SpecError
+from splitnet.graph import as_functional, find_groups, is_rewritable, rewrite, walk_layers
 from splitnet.layers import Bias, FrozenBias, FrozenDense, SelectFeatures, SplitJoin
 from splitnet.plan import DensePlan, resolve
 
@@ -27,39 +25,6 @@ from splitnet.plan import DensePlan, resolve
 # them unchanged).
 _ADDITIVE_REGULARIZERS = (keras.regularizers.L1, keras.regularizers.L2, keras.regularizers.L1L2)
 _PER_COLUMN_CONSTRAINTS = (keras.constraints.MaxNorm, keras.constraints.UnitNorm, keras.constraints.MinMaxNorm)
-
-
-class ModelError(SplitnetError, ValueError):
-    """A model cannot be split as asked (its kind, not the spec's syntax)."""
-
-
-# --------------------------------------------------------------------------
-# Walking models, including nested ones.
-
-
-def walk_layers(model, prefix="", trainable=True):
-    """Yield `(key, layer, container, effectively_trainable)` for every layer.
-
-    `key` is the layer's name, prefixed `outer/` inside nested models.
-    """
-    for layer in model.layers:
-        key = f"{prefix}{layer.name}"
-        effective = trainable and layer.trainable
-        yield key, layer, model, effective
-        if isinstance(layer, keras.Model):
-            yield from walk_layers(layer, key + "/", effective)
-
-
-def find_groups(model):
-    """Yield `(key, join, layers)` for every split group in `model`.
-
-    `layers` maps each role of `DensePlan.layer_roles()` to the group's layer,
-    found by its generated name in the join's container.
-    """
-    for key, layer, container, _ in walk_layers(model):
-        if isinstance(layer, SplitJoin):
-            plan = layer.plan
-            yield key, layer, {role: container.get_layer(plan.layer_name(role)) for role in plan.layer_roles()}
 
 
 def _piece_keys(model):
@@ -111,19 +76,6 @@ def frozen_masks(model):
 
 # --------------------------------------------------------------------------
 # Planning: from freeze rules and a model to one DensePlan per target layer.
-
-
-def _as_functional(model):
-    if isinstance(model, keras.Sequential):
-        if not model.built or not model.inputs:
-            raise ModelError(f"Sequential model {model.name!r} is not built; give it an Input first")
-        return keras.Model(model.inputs, model.outputs, name=model.name)
-    if not isinstance(model, Functional):
-        raise ModelError(
-            f"cannot split {type(model).__name__} {getattr(model, 'name', '')!r}: only Functional "
-            "and Sequential models can be rewritten (a subclassed model's graph is not known)"
-        )
-    return model
 
 
 def _check_dense(layer, rule, plan, where):
@@ -179,6 +131,13 @@ def _lookup(model, name, where, path, dense_keys):
         if layer is None or (depth < len(parts) - 1 and not isinstance(layer, keras.Model)):
             hint = spec_lib._suggest(name, dense_keys)
             raise where.error(path, f"no layer {name!r} in model {model.name!r}{hint}", key=True)
+        if depth < len(parts) - 1 and not is_rewritable(layer):
+            raise where.error(
+                path,
+                f"layer {name!r} is inside {part!r}, a subclassed {type(layer).__name__} whose graph "
+                "splitnet cannot rewrite",
+                key=True,
+            )
         container = layer
     return layer
 
@@ -302,33 +261,16 @@ class _Group:
 
 
 def _rewrite(model, targets):
-    """Clone `model`, copying weights, with each target Dense replaced by its group."""
-    copies, groups = [], {}
+    """Clone `model` with weights, each target Dense replaced by its group at every call."""
+    groups = {}
 
-    def clone_function(layer):
-        if id(layer) in targets:
-            return layer  # replaced at call time; never called itself
-        new = layer.__class__.from_config(layer.get_config())
-        copies.append((layer, new))
-        return new
-
-    def call_function(layer, *args, **kwargs):
+    def replacement(layer):
         if id(layer) not in targets:
-            return layer(*args, **kwargs)
-        if id(layer) not in groups:
-            groups[id(layer)] = _Group(layer, targets[id(layer)][2])
-        return groups[id(layer)](args[0])
+            return None
+        group = groups[id(layer)] = _Group(layer, targets[id(layer)][2])
+        return lambda inputs, *args, **kwargs: group(inputs)
 
-    try:
-        new_model = keras.models.clone_model(
-            _as_functional(model), clone_function=clone_function, call_function=call_function, recursive=True
-        )
-    except SplitnetError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Keras' own reason, with the model's name
-        raise ModelError(f"cannot rewrite model {model.name!r}: {exc}") from exc
-    for old, new in copies:
-        new.set_weights(old.get_weights())
+    new_model = rewrite(model, replacement)
     for key, group in groups.items():
         group.set_weights_from(targets[key][0])
     return new_model
@@ -365,6 +307,7 @@ def split_model(model, freeze):
 
 
 def _split(model, rules, where):
+    as_functional(model)  # refuse a subclassed model before anything else
     targets = plan_layers(model, rules, where)
     return _rewrite(model, targets)
 

@@ -7,7 +7,8 @@ import numpy as np
 
 from splitnet.layers import SplitJoin
 from splitnet.plan import runs
-from splitnet.split import frozen_masks, walk_layers
+from splitnet.graph import walk_layers
+from splitnet.split import frozen_masks
 
 
 def format_indices(indices):
