@@ -14,18 +14,19 @@ import click
 import keras
 
 import splitnet
-from splitnet.errors import SpecError
-from splitnet.export import OutputError, atomic_output, check_output, save_keras
+from splitnet import distribute
+from splitnet.distribute import STRATEGIES, make_strategy
+from splitnet.errors import InputError
+from splitnet.export import atomic_output, check_output, save_keras
 from splitnet.job import format_report, run_spec
 from splitnet.spec import TrainSpec
-from splitnet.errors import ModelError
 from splitnet.summary import describe, format_table, plot_masks
-from splitnet.train import DataError, compile_model, get_data, set_learning_rate
+from splitnet.train import compile_model, get_data, set_learning_rate
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
 
 
-class InputFileError(ValueError):
+class InputFileError(InputError):
     """An input path given on the command line cannot be used."""
 
 
@@ -39,7 +40,7 @@ class _Group(click.Group):
             click.echo("splitnet: interrupted", err=True)
             ctx.exit(130)
         except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
-            usage = isinstance(exc, (SpecError, OutputError, ModelError, DataError, InputFileError))
+            usage = isinstance(exc, InputError)
             message = " ".join(str(exc).split()) or type(exc).__name__
             if not usage and not message.startswith(type(exc).__name__):
                 message = f"{type(exc).__name__}: {message}"
@@ -104,7 +105,6 @@ def build(spec_path, output, force):
     Example:
       splitnet build configs/quickstart.yaml -o split.keras
     """
-
     check_output(output, force)
     model, _ = _model_from(spec_path)
     save_keras(model, output, force)
@@ -118,31 +118,37 @@ def build(spec_path, output, force):
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: the spec's, else 5).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (default: the spec's, else 64).")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Override the optimizer's learning rate.")
+@click.option(
+    "--strategy",
+    type=click.Choice(STRATEGIES),
+    default="none",
+    show_default=True,
+    help="tf.distribute strategy: mirrored (local devices) or multiworker (TF_CONFIG).",
+)
 @_keras_out
 @_force
-def train(input_path, data, epochs, batch_size, learning_rate, output, force):
+def train(input_path, data, epochs, batch_size, learning_rate, strategy, output, force):
     """Train a split model with model.fit and save it.
 
     MODEL.keras is a model saved by `splitnet build` or `splitnet train`
     (training resumes with its optimizer state); SPEC builds a fresh one.
+    --batch-size is the global batch, split across replicas. With
+    multiworker, run the same command on every worker, each with its
+    TF_CONFIG; each writes its own -o.
 
     \b
     Example:
       splitnet train split.keras --epochs 3 -o trained.keras
+      splitnet train split.keras --strategy mirrored -o trained.keras
     """
-
+    strategy = make_strategy(strategy)  # first: multiworker must start before other TF work
     check_output(output, force)
-    model, settings = _model_from(input_path, learning_rate)
+    with strategy.scope():
+        model, settings = _model_from(input_path, learning_rate)
     if model.optimizer is None:
         raise InputFileError(f"{input_path} was saved without a compile config; train from its spec instead")
     dataset = get_data(model, data or settings.data, seed=settings.seed)
-    model.fit(
-        dataset.x,
-        dataset.y,
-        validation_data=dataset.validation,
-        epochs=epochs or settings.epochs,
-        batch_size=batch_size or settings.batch_size,
-    )
+    distribute.fit(model, strategy, dataset, epochs or settings.epochs, batch_size or settings.batch_size, click.echo)
     save_keras(model, output, force)
     click.echo(f"wrote {output}")
 
@@ -158,7 +164,6 @@ def merge(input_path, output, force):
     Example:
       splitnet merge trained.keras -o merged.keras
     """
-
     check_output(output, force)
     merged = splitnet.merge_model(_load_keras(input_path))
     save_keras(merged, output, force)
@@ -176,7 +181,6 @@ def export(input_path, output, force):
     Example:
       splitnet export trained.keras -o exported/
     """
-
     check_output(output, force)
     _, diff = splitnet.export_saved_model(_load_keras(input_path, compile=False), output, force=force)
     click.echo(f"wrote {output} (reloaded; max |difference| to the merged model {diff:.3g})")
@@ -195,7 +199,6 @@ def inspect(input_path, as_json, plot, force):
       splitnet inspect configs/quickstart.yaml
       splitnet inspect trained.keras --json
     """
-
     if plot:
         check_output(plot, force)
     model, _ = _model_from(input_path)
@@ -227,7 +230,6 @@ def run(spec_path, output, data, epochs, batch_size, learning_rate, force):
     Example:
       splitnet run configs/quickstart.yaml -o runs/quickstart
     """
-
     report = run_spec(
         spec_path, output, force=force, data=data, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate
     )

@@ -10,7 +10,11 @@ class SplitnetError(Exception):
     """Base class of every error splitnet raises on purpose."""
 
 
-class SpecError(SplitnetError, ValueError):
+class InputError(SplitnetError, ValueError):
+    """The user's input (spec, model, data file, argument, output path) cannot be used."""
+
+
+class SpecError(InputError):
     """A spec, or a model it refers to, cannot be used as written.
 
     Attributes:
@@ -39,5 +43,5 @@ class SpecError(SplitnetError, ValueError):
         super().__init__(prefix + problem)
 
 
-class ModelError(SplitnetError, ValueError):
+class ModelError(InputError):
     """A model cannot be split or merged as asked (its kind, not the spec's syntax)."""

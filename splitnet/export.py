@@ -17,11 +17,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from splitnet.errors import SplitnetError
+from splitnet.errors import InputError, SplitnetError
 from splitnet.merge import merge_model
 
 
-class OutputError(SplitnetError, OSError):
+class OutputError(InputError):
     """An output path cannot be written (exists without `force`, missing folder)."""
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from splitnet.errors import SplitnetError
+from splitnet.errors import InputError
 
 _CLASSIFICATION_LOSSES = {
     "sparse_categorical_crossentropy": "sparse",
@@ -22,7 +22,7 @@ _CLASSIFICATION_LOSSES = {
 }
 
 
-class DataError(SplitnetError, ValueError):
+class DataError(InputError):
     """Training data cannot be used with this model."""
 
 

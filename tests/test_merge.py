@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import CASES, assert_same_function, case_params, data, make_model, perturb
+from conftest import assert_same_function, case_params, data, make_model, perturb
 
 import splitnet
 from splitnet.layers import FrozenDense, SplitJoin
