@@ -12,12 +12,13 @@ from pathlib import Path
 
 import click
 import keras
+import tensorflow as tf
 
 import splitnet
 from splitnet import distribute
 from splitnet.distribute import STRATEGIES, make_strategy
 from splitnet.errors import InputError
-from splitnet.export import atomic_output, check_output, save_keras
+from splitnet.files import atomic_output, check_output, load_keras, save_keras
 from splitnet.job import format_report, run_spec
 from splitnet.spec import TrainSpec
 from splitnet.summary import describe, format_table, plot_masks
@@ -30,10 +31,23 @@ class InputFileError(InputError):
     """An input path given on the command line cannot be used."""
 
 
+def _one_line(exc):
+    """The line of an exception's message that says what went wrong."""
+    text = str(getattr(exc, "message", None) or exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("[[")]
+    if isinstance(exc, tf.errors.OpError) and lines:
+        return lines[-1]  # TensorFlow puts the op's traceback first and the reason last
+    return lines[0] if lines else type(exc).__name__
+
+
 class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.exceptions.UsageError as exc:  # bad arguments: one line, not click's usage block
+            command = exc.ctx.command_path if exc.ctx else "splitnet"
+            click.echo(f"splitnet: error: {exc.format_message()} (see '{command} --help')", err=True)
+            ctx.exit(EXIT_USAGE)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
@@ -41,14 +55,14 @@ class _Group(click.Group):
             ctx.exit(130)
         except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
             usage = isinstance(exc, InputError)
-            message = " ".join(str(exc).split()) or type(exc).__name__
+            message = _one_line(exc)
             if not usage and not message.startswith(type(exc).__name__):
                 message = f"{type(exc).__name__}: {message}"
             click.echo(f"splitnet: error: {message}", err=True)
             ctx.exit(EXIT_USAGE if usage else EXIT_FAILURE)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="splitnet", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(splitnet.__version__, "--version", prog_name="splitnet")
 def main():
     """Freeze chosen units or input rows of Keras Dense layers, exactly.
@@ -63,14 +77,6 @@ def _is_spec(path):
     return Path(path).suffix.lower() in (".yaml", ".yml")
 
 
-def _load_keras(path, compile=True):
-    try:
-        return keras.saving.load_model(path, compile=compile, safe_mode=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means: not a loadable Keras archive
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputFileError(f"cannot load {path} as a Keras model: {first}") from None
-
-
 def _model_from(path, learning_rate=None):
     """A compiled model from a spec (built and compiled) or a `.keras` file, and its train settings."""
     if _is_spec(path):
@@ -78,9 +84,9 @@ def _model_from(path, learning_rate=None):
         keras.utils.set_random_seed(spec.train.seed)
         model = compile_model(splitnet.build_model(spec), spec.train, learning_rate)
         return model, spec.train
-    if Path(path).suffix.lower() != ".keras":
+    if Path(path).suffix != ".keras":
         raise InputFileError(f"{path}: expected a spec (.yaml) or a Keras model (.keras)")
-    model = _load_keras(path)
+    model = load_keras(path)
     if learning_rate is not None and model.optimizer is not None:
         set_learning_rate(model, learning_rate)
     return model, TrainSpec()
@@ -165,7 +171,7 @@ def merge(input_path, output, force):
       splitnet merge trained.keras -o merged.keras
     """
     check_output(output, force)
-    merged = splitnet.merge_model(_load_keras(input_path))
+    merged = splitnet.merge_model(load_keras(input_path))
     save_keras(merged, output, force)
     click.echo(f"wrote {output}")
 
@@ -182,7 +188,7 @@ def export(input_path, output, force):
       splitnet export trained.keras -o exported/
     """
     check_output(output, force)
-    _, diff = splitnet.export_saved_model(_load_keras(input_path, compile=False), output, force=force)
+    _, diff = splitnet.export_saved_model(load_keras(input_path, compile=False), output, force=force)
     click.echo(f"wrote {output} (reloaded; max |difference| to the merged model {diff:.3g})")
 
 

@@ -1,111 +1,17 @@
-"""Write results atomically: `.keras` files and checked SavedModel exports.
-
-Every output is written to a hidden temporary sibling and renamed into place
-only once it is complete (and, for exports, reloaded and checked), so a
-crash or an error never leaves a half-written file where the user expects a
-result.
-"""
+"""Export a SavedModel that anyone can load: merged, reloaded, checked, atomic."""
 
 from __future__ import annotations
-
-import contextlib
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import keras
 import numpy as np
 
-from splitnet.errors import InputError, SplitnetError
+from splitnet.errors import SplitnetError
+from splitnet.files import atomic_output, check_output
 from splitnet.merge import merge_model
-
-
-class OutputError(InputError):
-    """An output path cannot be written (exists without `force`, missing folder)."""
 
 
 class ExportError(SplitnetError):
     """The exported SavedModel does not reproduce the model."""
-
-
-def _remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
-def check_output(path, force=False):
-    """Refuse an existing `path` unless `force`, and a missing parent folder."""
-    path = Path(path)
-    if os.path.lexists(path) and not force:
-        raise OutputError(f"{path} already exists; pass --force (force=True) to overwrite it")
-    if not path.parent.is_dir():
-        raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
-    return path
-
-
-@contextlib.contextmanager
-def atomic_output(path, force=False, directory=False):
-    """Yield a temporary sibling of `path`; move it into place if the block succeeds.
-
-    Args:
-        path: The final file or folder.
-        force: Replace an existing `path`.
-        directory: Create the temporary path as an empty folder.
-
-    Example:
-        >>> with atomic_output("model.keras") as tmp:  # doctest: +SKIP
-        ...     model.save(tmp)
-    """
-    path = check_output(path, force)
-    suffix = "" if directory else path.suffix  # Keras wants `.keras` at the end
-    try:
-        if directory:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        else:
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
-            os.close(fd)
-            os.unlink(name)  # writers expect to create the file themselves
-            tmp = Path(name)
-    except OSError as exc:
-        raise OutputError(f"cannot write in {path.parent}: {exc.strerror}") from None
-    try:
-        yield tmp
-        _replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def _replace(tmp, path):
-    if not os.path.lexists(path) or not (os.path.isdir(tmp) or os.path.isdir(path)):
-        os.replace(tmp, path)  # atomic for files, even over an existing one
-        return
-    # A folder cannot be swapped in one step: move the old one aside first.
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    os.rename(path, old)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        os.rename(old, path)
-        raise
-    _remove(old)
-
-
-def save_keras(model, path, force=False):
-    """Save `model` as a `.keras` file atomically (a complete file or nothing).
-
-    Example:
-        >>> save_keras(model, "split.keras")  # doctest: +SKIP
-    """
-    path = Path(path)
-    if path.suffix != ".keras":
-        raise OutputError(f"{path}: a Keras model file must end in .keras")
-    with atomic_output(path, force) as tmp:
-        model.save(tmp)
-    return path
 
 
 def probe_inputs(model, batch=16, seed=0):

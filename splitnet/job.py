@@ -15,7 +15,8 @@ import numpy as np
 
 from splitnet import spec as spec_lib
 from splitnet.errors import SplitnetError
-from splitnet.export import atomic_output, check_output, export_saved_model, max_difference, probe_inputs
+from splitnet.export import export_saved_model, max_difference, probe_inputs
+from splitnet.files import atomic_output, check_output
 from splitnet.merge import merged_weights
 from splitnet.split import build_model, frozen_masks
 from splitnet.train import compile_model, get_data

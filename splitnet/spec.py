@@ -416,7 +416,8 @@ def _parse_train(value, where, folder):
         try:
             keras.losses.get(loss)
         except Exception:  # noqa: BLE001
-            raise where.error(path + ("loss",), f"{loss!r} is not a Keras loss") from None
+            names = [n for n, f in vars(keras.losses).items() if inspect.isfunction(f) and n.islower()]
+            raise where.error(path + ("loss",), f"{loss!r} is not a Keras loss{_suggest(loss, names)}") from None
         out["loss"] = loss
     if "optimizer" in value:
         out["optimizer"] = _parse_optimizer(value["optimizer"], path + ("optimizer",), where)
@@ -452,6 +453,9 @@ def _parse_optimizer(value, path, where):
         kwargs = {k: v for k, v in value.items() if k != "name"}
     else:
         raise where.error(path, f"expected an optimizer name or a mapping with `name`, got {value!r}")
+    names = [n.lower() for n, c in vars(keras.optimizers).items() if inspect.isclass(c) and issubclass(c, keras.optimizers.Optimizer)]
+    if name.lower() not in names:
+        raise where.error(path, f"{name!r} is not a Keras optimizer{_suggest(name.lower(), names)}")
     try:
         keras.optimizers.get({"class_name": name, "config": kwargs})
     except Exception as exc:  # noqa: BLE001

@@ -16,6 +16,7 @@ import numpy as np
 
 from splitnet import spec as spec_lib
 from splitnet.errors import ModelError, SpecError
+from splitnet.files import ModelFileError, load_keras
 from splitnet.graph import as_functional, find_groups, is_rewritable, rewrite, walk_layers
 from splitnet.layers import Bias, FrozenBias, FrozenDense, SelectFeatures, SplitJoin
 from splitnet.plan import DensePlan, resolve
@@ -335,13 +336,11 @@ def _build_stack(model_spec):
 
 
 def load_base(path, where):
-    """Load a `.keras` model safely (`safe_mode=True`), as a spec's `base`."""
-    if not path.is_file():
-        raise where.error(("base",), f"file not found: {path}")
+    """Load a spec's `base` model safely (`safe_mode=True`); errors point at `base:`."""
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means: not a loadable Keras archive
-        raise where.error(("base",), f"cannot load {path} as a Keras model: {spec_lib._first_line(exc)}") from None
+        return load_keras(path, compile=False)
+    except ModelFileError as exc:
+        raise where.error(("base",), str(exc)) from None
 
 
 def build_model(spec):

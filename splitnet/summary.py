@@ -133,14 +133,15 @@ def plot_masks(model, path):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install 'splitnet[plot]'") from None
+        raise ImportError("--plot needs matplotlib: python -m pip install matplotlib (or the [plot] extra)") from None
     masks = frozen_masks(model)
     if not masks:
         raise ValueError(f"model {model.name!r} has no frozen Dense entries to plot")
     fig, axes = plt.subplots(1, len(masks), figsize=(4 * len(masks), 4), squeeze=False)
     for ax, (key, mask) in zip(axes[0], masks.items()):
         ax.imshow(mask["kernel"], cmap="Greys", vmin=0, vmax=1.6, aspect="auto", interpolation="nearest")
-        ax.set_title(f"{key}: {int(mask['kernel'].sum()):,} of {mask['kernel'].size:,} frozen")
+        frozen = int(mask["kernel"].sum() + mask["bias"].sum())
+        ax.set_title(f"{key}: {frozen:,} of {mask['kernel'].size + mask['bias'].size:,} entries frozen")
         ax.set_xlabel("output unit")
         ax.set_ylabel("input row")
     fig.tight_layout()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zipfile
 from pathlib import Path
 
 import keras
@@ -178,6 +179,8 @@ def load_data(path, model):
     `x_val_0`, ...) in the order of `model.inputs`. Loaded without pickle.
     """
     path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an .npz archive (write one with numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
@@ -217,7 +220,20 @@ def load_data(path, model):
                 )
             if len(array) != len(ys):
                 raise DataError(f"{path}: {name} has {len(array)} samples but its labels have {len(ys)}")
+        _check_labels(path, ys, model)
     return data
+
+
+def _check_labels(path, y, model):
+    """Sparse class labels must be integers in [0, classes): TensorFlow fails deep inside otherwise."""
+    if not model.compiled or loss_name(model) != "sparse_categorical_crossentropy" or len(model.outputs) != 1:
+        return
+    classes = model.outputs[0].shape[-1]
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.issubdtype(y.dtype, np.floating) or not np.array_equal(y, np.round(y)):
+            raise DataError(f"{path}: class labels must be integers, got {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() >= classes):
+        raise DataError(f"{path}: class labels must be in [0, {classes}), got values from {y.min()} to {y.max()}")
 
 
 def get_data(model, data_path=None, seed=0):

@@ -108,7 +108,7 @@ def test_inspect_plot(built, tmp_path):
         import matplotlib  # noqa: F401
     except ImportError:
         assert result.exit_code == 1
-        assert "pip install 'splitnet[plot]'" in errors(result)
+        assert "--plot needs matplotlib: python -m pip install matplotlib" in errors(result)
         assert not png.exists()
     else:
         assert result.exit_code == 0 and png.read_bytes()[:4] == b"\x89PNG"
@@ -142,7 +142,7 @@ def test_existing_output_is_not_overwritten(built, tmp_path):
     out.write_text("precious")
     result = invoke("build", QUICKSTART, "-o", out)
     assert result.exit_code == 2
-    assert errors(result) == f"splitnet: error: {out} already exists; pass --force (force=True) to overwrite it"
+    assert errors(result) == f"splitnet: error: {out} already exists; overwrite it with --force (force=True in Python)"
     assert out.read_text() == "precious"
     assert invoke("build", QUICKSTART, "-o", out, "--force").exit_code == 0
     assert isinstance(keras.saving.load_model(out).get_layer("head"), SplitJoin)
@@ -156,8 +156,13 @@ def test_existing_output_is_not_overwritten(built, tmp_path):
         (["build", "{tmp}/missing.yaml", "-o", "{tmp}/o.keras"], 2, "does not exist"),
         (["build", QUICKSTART, "-o", "{tmp}/no/such/o.keras"], 2, "folder {tmp}/no/such does not exist"),
         (["build", QUICKSTART, "-o", "{tmp}/o.h5"], 2, "must end in .keras"),
-        (["merge", "{notkeras}", "-o", "{tmp}/o.keras"], 2, "cannot load {notkeras} as a Keras model"),
-        (["train", "{notkeras}", "-o", "{tmp}/o.keras"], 2, "cannot load"),
+        (["merge", "{notkeras}", "-o", "{tmp}/o.keras"], 2, "{notkeras}: not a Keras archive"),
+        (["merge", QUICKSTART, "-o", "{tmp}/o.keras"], 2, "expected a Keras model file (.keras)"),
+        (["train", "{notkeras}", "-o", "{tmp}/o.keras"], 2, "not a Keras archive"),
+        (["train", QUICKSTART, "--data", "{labels}", "-o", "{tmp}/o.keras"], 2, "class labels must be in [0, 10), got values from 5 to 12"),
+        (["train", QUICKSTART, "--data", "{bad}", "-o", "{tmp}/o.keras"], 2, "not an .npz archive"),
+        (["train", QUICKSTART], 2, "Missing option '-o' / '--output'. (see 'splitnet train --help')"),
+        (["train", "{tmp}/missing.keras", "-o", "{tmp}/o.keras"], 2, "File '{tmp}/missing.keras' does not exist"),
         (["train", QUICKSTART, "--epochs", "0", "-o", "{tmp}/o.keras"], 2, "Invalid value for '--epochs'"),
         (["inspect", "{tmp}/x.txt"], 2, "expected a spec (.yaml) or a Keras model (.keras)"),
         (["train", QUICKSTART, "--data", "{baddata}", "-o", "{tmp}/o.keras"], 2, "needs arrays x, y"),
@@ -171,13 +176,15 @@ def test_errors_are_one_line_with_exit_codes(tmp_path, args, code, message):
     (tmp_path / "x.txt").write_text("")
     baddata = tmp_path / "d.npz"
     np.savez(baddata, a=np.zeros(3))
-    values = {"bad": bad, "tmp": tmp_path, "notkeras": notkeras, "baddata": baddata}
+    labels = tmp_path / "labels.npz"
+    np.savez(labels, x=np.zeros((8, 32), "float32"), y=np.arange(8) + 5)
+    values = {"bad": bad, "tmp": tmp_path, "notkeras": notkeras, "baddata": baddata, "labels": labels}
+    inputs = sorted(p.name for p in tmp_path.iterdir())
     result = invoke(*[a.format(**values) for a in args])
     assert result.exit_code == code, result.output
-    line = result.stderr.strip().splitlines()[-1]
-    assert message.format(**values) in line
+    assert message.format(**values) in errors(result)  # exactly one line
     # Nothing half-written: only the inputs this test made are there.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "d.npz", "m.keras", "x.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == inputs
 
 
 def _splitnet(*args, cwd):

@@ -10,7 +10,8 @@ import tensorflow as tf
 from conftest import data, make_model
 
 import splitnet
-from splitnet.export import ExportError, OutputError
+from splitnet.export import ExportError
+from splitnet.files import OutputError
 
 # Runs in a fresh interpreter where `import splitnet` fails.
 RELOAD_WITHOUT_SPLITNET = """
