@@ -150,16 +150,13 @@ def time_steps(scenario, rounds, steps):
 
     # Did the mask recipe keep its frozen entries? (Not under weight decay.)
     before = splitnet.merged_weights(base)
-    mask_drift = 0
-    for layer in masked.layers:
-        if layer.name in masks:
-            kernel = np.asarray(layer.kernel)
-            mask_drift += int((kernel != before[layer.name][0])[masks[layer.name]["kernel"]].sum())
-    after = splitnet.merged_weights(split)
-    split_drift = sum(
-        int((after[k][0] != before[k][0])[m["kernel"]].sum()) + int((after[k][1] != before[k][1])[m["bias"]].sum())
-        for k, m in masks.items()
-    )
+    def drift(weights):
+        return sum(
+            int((weights[k][0] != before[k][0])[m["kernel"]].sum()) + int((weights[k][1] != before[k][1])[m["bias"]].sum())
+            for k, m in masks.items()
+        )
+
+    mask_drift, split_drift = drift(splitnet.merged_weights(masked)), drift(splitnet.merged_weights(split))
     frozen = sum(int(m["kernel"].sum() + m["bias"].sum()) for m in masks.values())
     return {
         "scenario": name,

@@ -16,6 +16,7 @@ from splitnet.export import export_saved_model  # noqa: E402
 from splitnet.merge import merge_model, merged_weights  # noqa: E402
 from splitnet.spec import Spec, load_spec  # noqa: E402
 from splitnet.split import build_model, frozen_masks, split_model  # noqa: E402
+from splitnet.verify import verify  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -31,5 +32,6 @@ __all__ = [
     "merge_model",
     "merged_weights",
     "split_model",
+    "verify",
     "__version__",
 ]

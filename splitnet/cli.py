@@ -242,5 +242,32 @@ def run(spec_path, output, data, epochs, batch_size, learning_rate, force):
     click.echo(format_report(report))
 
 
+@main.command()
+@click.argument("before", metavar="BEFORE.keras", type=click.Path(exists=True, dir_okay=False))
+@click.argument("after", metavar="AFTER.keras", type=click.Path(exists=True, dir_okay=False))
+def verify(before, after):
+    """Check that every frozen entry of AFTER equals BEFORE, bit for bit.
+
+    The frozen masks come from the split model (BEFORE, or AFTER if only
+    it is split), so AFTER may be split or merged. Exits 0 when all
+    frozen entries are intact, 1 listing the first changed ones otherwise.
+
+    \b
+    Example:
+      splitnet verify split.keras trained.keras
+      splitnet verify split.keras merged.keras
+    """
+    check = splitnet.verify(load_keras(before, compile=False), load_keras(after, compile=False))
+    if check.changed:
+        click.echo(
+            f"FAILED: {check.changed:,} of {check.frozen:,} frozen entries changed; first: {check.describe_first()}"
+        )
+        raise SystemExit(EXIT_FAILURE)
+    click.echo(
+        f"OK: all {check.frozen:,} frozen entries are bit-identical; "
+        f"{check.moved:,} of {check.trainable:,} trainable entries moved"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from splitnet import spec as spec_lib
 from splitnet.errors import SplitnetError
@@ -19,6 +18,7 @@ from splitnet.export import export_saved_model, max_difference, probe_inputs
 from splitnet.files import atomic_output, check_output
 from splitnet.merge import merged_weights
 from splitnet.split import build_model, frozen_masks
+from splitnet.verify import compare
 from splitnet.train import compile_model, get_data
 
 
@@ -31,33 +31,6 @@ def default_run_dir(spec):
     name = spec.model.name if spec.model is not None else Path(spec.base).stem
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{name}-{stamp}"
-
-
-def check_frozen(before, after, masks):
-    """Count frozen entries and how many differ between two `merged_weights` dicts.
-
-    Returns:
-        `(frozen, changed, trainable, moved, first_changes)`; `first_changes`
-        lists up to 5 `(layer, "kernel"|"bias", index, before, after)`.
-    """
-    frozen = changed = trainable = moved = 0
-    first = []
-    for key, weights in before.items():
-        new = after[key]
-        mask = masks.get(key, {"kernel": np.zeros(weights[0].shape, bool), "bias": np.zeros((0,), bool)})
-        for kind, old_w, new_w, m in zip(("kernel", "bias"), weights, new, (mask["kernel"], mask["bias"])):
-            m = m if m.shape == old_w.shape else np.zeros(old_w.shape, bool)
-            # Bit-level comparison: NaNs and -0.0 count as changes too.
-            differs = old_w.view(np.uint8).reshape(old_w.shape + (-1,)) != new_w.view(np.uint8).reshape(new_w.shape + (-1,))
-            differs = differs.any(axis=-1)
-            frozen += int(m.sum())
-            changed += int((differs & m).sum())
-            trainable += int((~m).sum())
-            moved += int((differs & ~m).sum())
-            for index in zip(*np.nonzero(differs & m)):
-                if len(first) < 5:
-                    first.append((key, kind, tuple(int(i) for i in index), old_w[index].item(), new_w[index].item()))
-    return frozen, changed, trainable, moved, first
 
 
 def run_spec(spec, out_dir=None, *, force=False, data=None, epochs=None, batch_size=None, learning_rate=None, verbose="auto"):
@@ -105,10 +78,9 @@ def run_spec(spec, out_dir=None, *, force=False, data=None, epochs=None, batch_s
     loss_before = _loss(model.evaluate(dataset.x, dataset.y, batch_size=batch_size, verbose=0))
     model.fit(dataset.x, dataset.y, validation_data=dataset.validation, epochs=epochs, batch_size=batch_size, verbose=verbose)
     loss_after = _loss(model.evaluate(dataset.x, dataset.y, batch_size=batch_size, verbose=0))
-    frozen, changed, trainable, moved, first = check_frozen(before, merged_weights(model), masks)
-    if changed:
-        detail = "; ".join(f"{k}.{kind}{list(i)}: {a!r} -> {b!r}" for k, kind, i, a, b in first)
-        raise FrozenEntriesChanged(f"{changed} frozen entries changed during training (first: {detail})")
+    check = compare(before, merged_weights(model), masks)
+    if check.changed:
+        raise FrozenEntriesChanged(f"{check.changed} frozen entries changed during training (first: {check.describe_first()})")
 
     with atomic_output(out_dir, force, directory=True) as tmp:
         merged, export_diff = export_saved_model(model, tmp / "saved_model")
@@ -118,10 +90,10 @@ def run_spec(spec, out_dir=None, *, force=False, data=None, epochs=None, batch_s
         report = {
             "spec": spec.source,
             "model": model.name,
-            "frozen_entries": frozen,
-            "frozen_changed": changed,
-            "trainable_entries": trainable,
-            "trainable_moved": moved,
+            "frozen_entries": check.frozen,
+            "frozen_changed": check.changed,
+            "trainable_entries": check.trainable,
+            "trainable_moved": check.moved,
             "epochs": epochs,
             "loss_before": loss_before,
             "loss_after": loss_after,
