@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 
 from splitnet.errors import InputError
+from splitnet.spec import first_line
 
 
 class ModelFileError(InputError):
@@ -43,8 +44,7 @@ def load_keras(path, compile=True):
     try:
         return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - any failure means: not a loadable Keras model
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise ModelFileError(f"cannot load {path} as a Keras model: {first}") from None
+        raise ModelFileError(f"cannot load {path} as a Keras model: {first_line(exc)}") from None
 
 
 def _umask():

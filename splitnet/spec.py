@@ -229,7 +229,8 @@ def _type_name(value):
     return "null" if value is None else type(value).__name__
 
 
-def _suggest(word, choices):
+def suggest(word, choices):
+    """`; did you mean 'x'?` for the closest of `choices`, or an empty string."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -241,7 +242,7 @@ def _check_mapping(value, path, where, allowed, what):
         if key not in allowed:
             raise where.error(
                 path + (key,),
-                f"unknown key {key!r}{_suggest(key, allowed)} (allowed: {', '.join(allowed)})",
+                f"unknown key {key!r}{suggest(key, allowed)} (allowed: {', '.join(allowed)})",
                 key=True,
             )
     return value
@@ -369,20 +370,20 @@ def _parse_model(value, where):
         if kind in _REFUSED_LAYERS:
             raise where.error(sub + ("type",), f"{kind} is not allowed here: {_REFUSED_LAYERS[kind]}")
         if not isinstance(kind, str) or kind not in classes:
-            raise where.error(sub + ("type",), f"{kind!r} is not a Keras layer{_suggest(kind, classes)}")
+            raise where.error(sub + ("type",), f"{kind!r} is not a Keras layer{suggest(kind, classes)}")
         args = {k: v for k, v in entry.items() if k != "type"}
         accepted = _accepted_args(classes[kind])
         for key in args:
             if key not in accepted:
                 raise where.error(
                     sub + (key,),
-                    f"{kind} has no argument {key!r}{_suggest(key, accepted)}",
+                    f"{kind} has no argument {key!r}{suggest(key, accepted)}",
                     key=True,
                 )
         try:  # let Keras check the values; the layer itself is built later
             classes[kind](**args)
         except Exception as exc:  # noqa: BLE001 - any constructor failure is the user's value
-            raise where.error(sub, f"invalid {kind} arguments: {_first_line(exc)}") from None
+            raise where.error(sub, f"invalid {kind} arguments: {first_line(exc)}") from None
         if "name" in args:
             if args["name"] in names:
                 raise where.error(sub + ("name",), f"duplicate layer name {args['name']!r} (also layers[{names[args['name']]}])")
@@ -391,7 +392,8 @@ def _parse_model(value, where):
     return ModelSpec(name, tuple(shape), tuple(parsed))
 
 
-def _first_line(exc):
+def first_line(exc):
+    """The first line of an exception's message (Keras errors run long)."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
 
@@ -417,7 +419,7 @@ def _parse_train(value, where, folder):
             keras.losses.get(loss)
         except Exception:  # noqa: BLE001
             names = [n for n, f in vars(keras.losses).items() if inspect.isfunction(f) and n.islower()]
-            raise where.error(path + ("loss",), f"{loss!r} is not a Keras loss{_suggest(loss, names)}") from None
+            raise where.error(path + ("loss",), f"{loss!r} is not a Keras loss{suggest(loss, names)}") from None
         out["loss"] = loss
     if "optimizer" in value:
         out["optimizer"] = _parse_optimizer(value["optimizer"], path + ("optimizer",), where)
@@ -455,11 +457,11 @@ def _parse_optimizer(value, path, where):
         raise where.error(path, f"expected an optimizer name or a mapping with `name`, got {value!r}")
     names = [n.lower() for n, c in vars(keras.optimizers).items() if inspect.isclass(c) and issubclass(c, keras.optimizers.Optimizer)]
     if name.lower() not in names:
-        raise where.error(path, f"{name!r} is not a Keras optimizer{_suggest(name.lower(), names)}")
+        raise where.error(path, f"{name!r} is not a Keras optimizer{suggest(name.lower(), names)}")
     try:
         keras.optimizers.get({"class_name": name, "config": kwargs})
     except Exception as exc:  # noqa: BLE001
-        raise where.error(path, f"invalid optimizer {name!r}: {_first_line(exc)}") from None
+        raise where.error(path, f"invalid optimizer {name!r}: {first_line(exc)}") from None
     return (name, tuple(kwargs.items()))
 
 

@@ -130,7 +130,7 @@ def _lookup(model, name, where, path, dense_keys):
         except ValueError:
             layer = None
         if layer is None or (depth < len(parts) - 1 and not isinstance(layer, keras.Model)):
-            hint = spec_lib._suggest(name, dense_keys)
+            hint = spec_lib.suggest(name, dense_keys)
             raise where.error(path, f"no layer {name!r} in model {model.name!r}{hint}", key=True)
         if depth < len(parts) - 1 and not is_rewritable(layer):
             raise where.error(
@@ -151,7 +151,7 @@ def plan_layers(model, rules, where):
     targets = {}
     for rule in rules:
         layer = _lookup(model, rule.layer, where, rule.path, dense_keys)
-        if isinstance(layer, SplitJoin) or isinstance(layer, FrozenDense):
+        if isinstance(layer, (SplitJoin, FrozenDense)):
             raise where.error(rule.path, f"layer {rule.layer!r} is already split or frozen; merge the model first", key=True)
         if type(layer) is not keras.layers.Dense:
             raise where.error(
@@ -201,7 +201,6 @@ class _Group:
     def __init__(self, layer, plan):
         self.plan = plan
         config = layer.get_config()
-        self.dense_config = config
         self.layers = {}
         if plan.fully_frozen:
             self.whole = FrozenDense.from_config({**config, "trainable": False})
@@ -253,10 +252,11 @@ class _Group:
         return self.layers["join"](blocks)
 
     def set_weights_from(self, layer):
-        kernel, *bias = [keras.ops.convert_to_numpy(w) for w in layer.get_weights()]
+        weights = layer.get_weights()
         if self.whole is not None:
-            self.whole.set_weights(layer.get_weights())
+            self.whole.set_weights(weights)
             return
+        kernel, *bias = weights
         for role, values in self.plan.split_weights(kernel, bias[0] if bias else None).items():
             self.layers[role].set_weights(values)
 
@@ -370,7 +370,7 @@ def build_model(spec):
         try:
             model = _build_stack(spec.model)
         except Exception as exc:  # noqa: BLE001 - shape mismatches between layers
-            raise spec.where.error(("model", "layers"), f"cannot build the model: {spec_lib._first_line(exc)}") from None
+            raise spec.where.error(("model", "layers"), f"cannot build the model: {spec_lib.first_line(exc)}") from None
     else:
         model = load_base(spec.base, spec.where)
     return _split(model, spec.freeze, spec.where)

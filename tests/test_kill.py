@@ -73,4 +73,4 @@ def test_sigkill_leaves_nothing_or_a_complete_result(tmp_path, big_split, kind):
             served = loaded.serve(probe).numpy()
             np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
     assert killed_while_writing >= 1  # the test did interrupt a write
-    assert (tmp_path / (f"out4.keras" if kind == "keras" else "out4")).exists()  # and let one finish
+    assert (tmp_path / ("out4.keras" if kind == "keras" else "out4")).exists()  # and let one finish
