@@ -144,6 +144,7 @@ def plot_masks(model, path):
         ax.set_title(f"{key}: {frozen:,} of {mask['kernel'].size + mask['bias'].size:,} entries frozen")
         ax.set_xlabel("output unit")
         ax.set_ylabel("input row")
+    fig.suptitle("kernel: dark = frozen, light = trainable", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -104,14 +104,17 @@ def test_inspect_table_and_json(built):
 def test_inspect_plot(built, tmp_path):
     png = tmp_path / "masks.png"
     result = invoke("inspect", built, "--plot", png)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        assert result.exit_code == 1
-        assert "--plot needs matplotlib: python -m pip install matplotlib" in errors(result)
-        assert not png.exists()
-    else:
-        assert result.exit_code == 0 and png.read_bytes()[:4] == b"\x89PNG"
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:4] == b"\x89PNG" and f"wrote {png}" in result.output
+
+
+def test_inspect_plot_without_matplotlib(built, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    png = tmp_path / "masks.png"
+    result = invoke("inspect", built, "--plot", png)
+    assert result.exit_code == 1
+    assert "--plot needs matplotlib: python -m pip install matplotlib" in errors(result)
+    assert not png.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_run_writes_checked_results(tmp_path):
