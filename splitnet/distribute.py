@@ -85,6 +85,8 @@ def fit(model, strategy, data, epochs, batch_size, echo=print):
         def replica_step(x, y):
             with tf.GradientTape() as tape:
                 per_example = loss_fn(y, model(x, training=True))
+                # Per sample: the mean over any remaining axes, as Keras' default reduction does.
+                per_example = tf.reduce_mean(tf.reshape(per_example, [tf.shape(per_example)[0], -1]), axis=1)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch_size)
                 if model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))

@@ -43,6 +43,15 @@ def find_groups(model):
             yield key, layer, {role: container.get_layer(plan.layer_name(role)) for role in plan.layer_roles()}
 
 
+def group_member_keys(model):
+    """Keys of every layer that belongs to a split group (its join excluded)."""
+    keys = set()
+    for key, join, layers in find_groups(model):
+        prefix = key[: len(key) - len(join.name)]
+        keys |= {prefix + layer.name for layer in layers.values()}
+    return keys
+
+
 def is_rewritable(model):
     return isinstance(model, (Functional, keras.Sequential))
 
@@ -68,39 +77,48 @@ def rewrite(model, replacement):
         model: A Functional or Sequential model (Sequential ones come back Functional).
         replacement: `fn(layer)` -> None to copy the layer, or a callable used
             instead of calling the layer, with the call's arguments. It is
-            asked once per layer, so a shared layer gets one replacement.
+            asked once per layer, even for a layer shared across nested
+            models, so a shared layer gets one replacement (or one copy).
 
     Returns:
         The new Functional model.
     """
-    copies, replaced = [], {}
+    clones, replaced, copies = {}, {}, []  # shared by the nested models' rewrites
 
     def clone_function(layer):
+        if id(layer) in clones:
+            return clones[id(layer)]
         call = replacement(layer)
         if call is not None:
             replaced[id(layer)] = call
-            return layer  # never called itself: call_function intercepts it
-        if isinstance(layer, keras.Model) and is_rewritable(layer):
-            return rewrite(layer, replacement)
-        new = layer.__class__.from_config(layer.get_config())
-        copies.append((layer, new))
-        return new
+            clone = layer  # never called itself: call_function intercepts it
+        elif isinstance(layer, keras.Model) and is_rewritable(layer):
+            clone = clone_graph(layer)
+        else:
+            clone = layer.__class__.from_config(layer.get_config())
+            copies.append((layer, clone))
+        clones[id(layer)] = clone
+        return clone
 
     def call_function(layer, *args, **kwargs):
         if id(layer) in replaced:
             return replaced[id(layer)](*args, **kwargs)
         return layer(*args, **kwargs)
 
-    try:
-        new_model = keras.models.clone_model(
-            as_functional(model), clone_function=clone_function, call_function=call_function
-        )
-    except SplitnetError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Keras' own reason, with the model's name
-        raise ModelError(f"cannot rewrite model {model.name!r}: {' '.join(str(exc).split())}") from exc
+    def clone_graph(original):
+        try:
+            new = keras.models.clone_model(
+                as_functional(original), clone_function=clone_function, call_function=call_function
+            )
+        except SplitnetError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Keras' own reason, with the model's name
+            raise ModelError(f"cannot rewrite model {original.name!r}: {' '.join(str(exc).split())}") from exc
+        if not original.trainable:
+            new.trainable = False
+        return new
+
+    new_model = clone_graph(model)
     for old, new in copies:
         new.set_weights(old.get_weights())
-    if not model.trainable:
-        new_model.trainable = False
     return new_model

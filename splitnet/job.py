@@ -15,7 +15,7 @@ import keras
 from splitnet import spec as spec_lib
 from splitnet.errors import SplitnetError
 from splitnet.export import export_saved_model, max_difference, probe_inputs
-from splitnet.files import atomic_output, check_output
+from splitnet.files import OutputError, atomic_output, check_output
 from splitnet.merge import merged_weights
 from splitnet.split import build_model, frozen_masks
 from splitnet.verify import compare
@@ -62,8 +62,10 @@ def run_spec(spec, out_dir=None, *, force=False, data=None, epochs=None, batch_s
     """
     spec = spec_lib.load_spec(spec)
     out_dir = Path(out_dir) if out_dir is not None else default_run_dir(spec)
-    if out_dir.parent == Path("runs"):
-        out_dir.parent.mkdir(exist_ok=True)
+    if out_dir.parent == Path("runs") and not out_dir.parent.is_dir():
+        if out_dir.parent.exists():
+            raise OutputError("runs exists but is not a folder; give the output folder with -o")
+        out_dir.parent.mkdir()
     check_output(out_dir, force)  # before any work: refuse early
     train = spec.train
     keras.utils.set_random_seed(train.seed)

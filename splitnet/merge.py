@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from splitnet.graph import find_groups, rewrite, walk_layers
+from splitnet.graph import find_groups, group_member_keys, rewrite, walk_layers
 from splitnet.layers import FrozenDense
 
 
@@ -41,11 +41,8 @@ def merged_weights(model):
         >>> bool((splitnet.merged_weights(split)["d"][0] == model.get_weights()[0]).all())
         True
     """
-    out, skip = {}, set()
-    for key, join, layers in find_groups(model):
-        out[key] = _group_weights(join, layers)
-        prefix = key[: len(key) - len(join.name)]
-        skip |= {prefix + layer.name for layer in layers.values()}
+    out = {key: _group_weights(join, layers) for key, join, layers in find_groups(model)}
+    skip = group_member_keys(model)
     for key, layer, _, _ in walk_layers(model):
         if isinstance(layer, keras.layers.Dense) and key not in skip:
             out[key] = [np.asarray(w) for w in layer.get_weights()]

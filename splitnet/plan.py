@@ -238,6 +238,21 @@ class DensePlan:
     def layer_name(self, role):
         return f"{self.name}{SEP}{role}"
 
+    def role_masks(self, role):
+        """(kernel mask, bias mask) of the entries that the layer with `role` holds."""
+        kernel = np.zeros((self.in_dim, self.units), dtype=bool)
+        bias = np.zeros((self.units if self.use_bias else 0,), dtype=bool)
+        if role == "bias":
+            if self.bias_layer:
+                bias[list(self.trainable_units)] = True
+            return kernel, bias
+        for piece in self.pieces:
+            if piece.role == role:
+                kernel[_cells(piece)] = True
+                if piece.use_bias:
+                    bias[list(piece.cols)] = True
+        return kernel, bias
+
     # -- weights --------------------------------------------------------------
 
     def split_weights(self, kernel, bias=None):

@@ -452,7 +452,8 @@ def _parse_optimizer(value, path, where):
         name, kwargs = value, {}
     elif isinstance(value, Mapping) and isinstance(value.get("name"), str):
         name = value["name"]
-        kwargs = {k: v for k, v in value.items() if k != "name"}
+        # YAML 1.1 reads `1e-3` (no dot) as a string; numbers are what was meant.
+        kwargs = {k: _number(v) for k, v in value.items() if k != "name"}
     else:
         raise where.error(path, f"expected an optimizer name or a mapping with `name`, got {value!r}")
     names = [n.lower() for n, c in vars(keras.optimizers).items() if inspect.isclass(c) and issubclass(c, keras.optimizers.Optimizer)]
@@ -463,6 +464,15 @@ def _parse_optimizer(value, path, where):
     except Exception as exc:  # noqa: BLE001
         raise where.error(path, f"invalid optimizer {name!r}: {first_line(exc)}") from None
     return (name, tuple(kwargs.items()))
+
+
+def _number(value):
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _resolve(path, folder):

@@ -17,7 +17,7 @@ import numpy as np
 from splitnet import spec as spec_lib
 from splitnet.errors import ModelError, SpecError
 from splitnet.files import ModelFileError, load_keras
-from splitnet.graph import as_functional, find_groups, is_rewritable, rewrite, walk_layers
+from splitnet.graph import as_functional, find_groups, group_member_keys, is_rewritable, rewrite, walk_layers
 from splitnet.layers import Bias, FrozenBias, FrozenDense, SelectFeatures, SplitJoin
 from splitnet.plan import DensePlan, resolve
 
@@ -26,15 +26,6 @@ from splitnet.plan import DensePlan, resolve
 # them unchanged).
 _ADDITIVE_REGULARIZERS = (keras.regularizers.L1, keras.regularizers.L2, keras.regularizers.L1L2)
 _PER_COLUMN_CONSTRAINTS = (keras.constraints.MaxNorm, keras.constraints.UnitNorm, keras.constraints.MinMaxNorm)
-
-
-def _piece_keys(model):
-    """Keys of every layer that is a piece of a split group."""
-    keys = set()
-    for key, join, pieces in find_groups(model):
-        prefix = key[: len(key) - len(join.name)]
-        keys |= {prefix + layer.name for layer in pieces.values()}
-    return keys
 
 
 def frozen_masks(model):
@@ -59,15 +50,21 @@ def frozen_masks(model):
         (True, [True, False, False])
     """
     out = {}
-    pieces = _piece_keys(model)
+    members = group_member_keys(model)
+    trainable_keys = {key for key, _, _, trainable in walk_layers(model) if trainable}
+    for key, join, layers in find_groups(model):
+        # The plan's frozen entries, plus whatever a trainable piece holds if
+        # that piece is not trainable now (frozen by hand, or its model is).
+        plan, prefix = join.plan, key[: len(key) - len(join.name)]
+        kernel, bias = plan.kernel_mask(), plan.bias_mask()
+        for role, layer in layers.items():
+            if layer.weights and prefix + layer.name not in trainable_keys:
+                held_kernel, held_bias = plan.role_masks(role)
+                kernel |= held_kernel
+                bias |= held_bias
+        out[key] = {"kernel": kernel, "bias": bias}
     for key, layer, _, trainable in walk_layers(model):
-        if isinstance(layer, SplitJoin):
-            plan = layer.plan
-            kernel, bias = plan.kernel_mask(), plan.bias_mask()
-            if not trainable:
-                kernel[:], bias[:] = True, True
-            out[key] = {"kernel": kernel, "bias": bias}
-        elif isinstance(layer, keras.layers.Dense) and not trainable and key not in pieces:
+        if isinstance(layer, keras.layers.Dense) and not trainable and key not in members:
             out[key] = {
                 "kernel": np.ones(layer.kernel.shape, dtype=bool),
                 "bias": np.ones((layer.units if layer.use_bias else 0,), dtype=bool),
@@ -95,16 +92,15 @@ def _check_dense(layer, rule, plan, where):
                 "regularizers keep their meaning when the weights are split",
             )
     constraint = layer.kernel_constraint
-    if constraint is not None and not plan.fully_frozen:
+    elementwise = isinstance(constraint, keras.constraints.NonNeg)
+    if constraint is not None and not elementwise and not plan.fully_frozen:
         if plan.frozen_rows:
             raise where.error(
                 path + ("rows",),
                 f"layer {rule.layer!r} has a kernel_constraint ({type(constraint).__name__}); it would "
                 "apply to each row piece separately and change its meaning",
             )
-        per_column = isinstance(constraint, keras.constraints.NonNeg) or (
-            isinstance(constraint, _PER_COLUMN_CONSTRAINTS) and constraint.axis in (0, -2)
-        )
+        per_column = isinstance(constraint, _PER_COLUMN_CONSTRAINTS) and constraint.axis in (0, -2)
         if plan.frozen_units and not per_column:
             raise where.error(
                 path + ("units",),
@@ -148,9 +144,12 @@ def plan_layers(model, rules, where):
     keys = {key: (layer, trainable) for key, layer, _, trainable in walk_layers(model)}
     dense_keys = [k for k, (layer, _) in keys.items() if isinstance(layer, keras.layers.Dense)]
     existing = set(keys)
+    members = group_member_keys(model)
     targets = {}
     for rule in rules:
         layer = _lookup(model, rule.layer, where, rule.path, dense_keys)
+        if rule.layer in members:
+            raise where.error(rule.path, f"layer {rule.layer!r} is a piece of a split layer; merge the model first", key=True)
         if isinstance(layer, (SplitJoin, FrozenDense)):
             raise where.error(rule.path, f"layer {rule.layer!r} is already split or frozen; merge the model first", key=True)
         if type(layer) is not keras.layers.Dense:
@@ -169,6 +168,8 @@ def plan_layers(model, rules, where):
             raise where.error(rule.path, f"layer {rule.layer!r} is named twice", key=True)
         if not layer.built:
             raise ModelError(f"layer {rule.layer!r} is not built; call the model on an input first")
+        if rule.bias and not layer.use_bias:
+            raise where.error(rule.path + ("bias",), f"layer {rule.layer!r} has no bias (use_bias=False)")
         in_dim, units = layer.kernel.shape
         units_set = () if rule.units is None else resolve(rule.units, units, "units", rule.layer, where)
         rows_set = () if rule.rows is None else resolve(rule.rows, in_dim, "input rows", rule.layer, where)
@@ -208,6 +209,9 @@ class _Group:
         self.whole = None
         base = {k: v for k, v in config.items() if k not in ("name", "units", "activation", "use_bias", "trainable")}
         base.pop("activity_regularizer", None)
+        # The original initializers may depend on the full shape (Constant of an
+        # array), and the pieces get the original weights right after anyway.
+        base.update(kernel_initializer="zeros", bias_initializer="zeros")
         for piece in plan.pieces:
             cls = FrozenDense if piece.frozen else keras.layers.Dense
             self.layers[piece.role] = cls.from_config(
@@ -227,7 +231,7 @@ class _Group:
         if plan.bias_layer:
             cls = FrozenBias if plan.bias_layer == "frozen" else Bias
             self.layers["bias"] = cls(
-                bias_initializer=config["bias_initializer"],
+                bias_initializer="zeros",
                 bias_regularizer=config["bias_regularizer"],
                 bias_constraint=config["bias_constraint"],
                 name=plan.layer_name("bias"),

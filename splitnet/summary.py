@@ -7,7 +7,7 @@ import numpy as np
 
 from splitnet.layers import SplitJoin
 from splitnet.plan import runs
-from splitnet.graph import walk_layers
+from splitnet.graph import group_member_keys, walk_layers
 from splitnet.split import frozen_masks
 
 
@@ -49,13 +49,14 @@ def describe(model, optimizer=None):
     optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
     slots = slots_per_entry(optimizer) if optimizer is not None else None
     masks = frozen_masks(model)
+    members = group_member_keys(model)
     rows = []
     for key, layer, _, _ in walk_layers(model):
         if isinstance(layer, SplitJoin):
             plan = layer.plan
             shape, kind = (plan.in_dim, plan.units), "split"
             units, rows_frozen, bias = plan.frozen_units, plan.frozen_rows, plan.bias_frozen
-        elif isinstance(layer, keras.layers.Dense) and (key in masks or "__" not in layer.name):
+        elif isinstance(layer, keras.layers.Dense) and key not in members:
             shape, kind = tuple(layer.kernel.shape), "frozen" if key in masks else "trainable"
             units = range(layer.units) if key in masks else ()
             rows_frozen, bias = (), key in masks and layer.use_bias

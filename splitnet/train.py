@@ -220,15 +220,26 @@ def load_data(path, model):
                 )
             if len(array) != len(ys):
                 raise DataError(f"{path}: {name} has {len(array)} samples but its labels have {len(ys)}")
-        _check_labels(path, ys, model)
+        _check_targets(path, ys, model)
     return data
 
 
-def _check_labels(path, y, model):
-    """Sparse class labels must be integers in [0, classes): TensorFlow fails deep inside otherwise."""
-    if not model.compiled or loss_name(model) != "sparse_categorical_crossentropy" or len(model.outputs) != 1:
+def _check_targets(path, y, model):
+    """Targets must fit the output (and sparse labels be classes): TensorFlow fails deep inside otherwise."""
+    if len(model.outputs) != 1:
         return
-    classes = model.outputs[0].shape[-1]
+    output = tuple(model.outputs[0].shape[1:])
+    sparse = model.compiled and loss_name(model) == "sparse_categorical_crossentropy"
+    want = output[:-1] if sparse else output
+    got = tuple(y.shape[1:])
+    if sparse and got[-1:] == (1,) and got[:-1] == want:
+        got = got[:-1]  # labels of shape (n, 1) are fine too
+    if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
+        expected = ", ".join(["n"] + ["?" if d is None else str(d) for d in want])
+        raise DataError(f"{path}: y has shape {y.shape}, but model {model.name!r} needs targets of shape ({expected})")
+    if not sparse:
+        return
+    classes = output[-1]
     if not np.issubdtype(y.dtype, np.integer):
         if not np.issubdtype(y.dtype, np.floating) or not np.array_equal(y, np.round(y)):
             raise DataError(f"{path}: class labels must be integers, got {y.dtype}")

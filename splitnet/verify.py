@@ -71,11 +71,24 @@ def compare(before, after, masks):
     return check
 
 
+def _union(a, b):
+    """Masks frozen in either model (where both have a layer, their shapes must agree)."""
+    out = {key: dict(value) for key, value in a.items()}
+    for key, value in b.items():
+        if key not in out:
+            out[key] = dict(value)
+            continue
+        for kind, mask in value.items():
+            if out[key][kind].shape == mask.shape:
+                out[key][kind] = out[key][kind] | mask
+    return out
+
+
 def verify(before, after):
     """Check that every frozen entry of `after` equals `before`, bit for bit.
 
-    The frozen masks come from whichever model records them (a split model:
-    `before` if it is one, else `after`), so `after` may be split or merged.
+    An entry is checked when either model records it as frozen (a split
+    model's groups, a non-trainable Dense), so `after` may be split or merged.
 
     Args:
         before: The model before training (usually the split model).
@@ -93,7 +106,7 @@ def verify(before, after):
         >>> check.changed  # doctest: +SKIP
         0
     """
-    masks = frozen_masks(before) or frozen_masks(after)
+    masks = _union(frozen_masks(before), frozen_masks(after))
     if not masks:
         raise InputError("neither model records frozen entries; give the split model (from build, train or run)")
     old, new = merged_weights(before), merged_weights(after)

@@ -73,7 +73,7 @@ SPEC_CASES = [
     ("unknown-optimizer", edit("name: adamw,", "name: adamm,"), "15: train.optimizer: 'adamm' is not a Keras optimizer; did you mean"),
     ("unknown-loss", edit("loss: sparse_categorical_crossentropy", "loss: crossentropy"), "14: train.loss: 'crossentropy' is not a Keras loss"),
     ("zero-epochs", edit("epochs: 1", "epochs: 0"), "16: train.epochs: expected a positive integer, got 0"),
-    ("constraint-on-rows", edit("name: head, units: 10,", "name: head, units: 10, kernel_constraint: non_neg,"), "12: freeze.head.rows: layer 'head' has a kernel_constraint (NonNeg)"),
+    ("constraint-on-rows", edit("name: head, units: 10,", "name: head, units: 10, kernel_constraint: max_norm,"), "12: freeze.head.rows: layer 'head' has a kernel_constraint (MaxNorm)"),
     ("missing-base", "base: nope.keras\nfreeze: {hidden: {units: [0]}}\n", "1: base: {tmp}/nope.keras: file not found"),
     ("base-not-keras", "base: text.keras\nfreeze: {hidden: {units: [0]}}\n", "1: base: {tmp}/text.keras: not a Keras archive"),
     ("base-truncated", "base: truncated.keras\nfreeze: {hidden: {units: [0]}}\n", "1: base: {tmp}/truncated.keras: not a Keras archive"),

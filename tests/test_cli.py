@@ -214,3 +214,36 @@ def test_real_process_run_and_error(tmp_path):
         "Python tags are not allowed)"
     )
     assert "pwned" not in result.stdout
+
+
+def test_verify_checks_frozen_entries_of_either_model(built, tmp_path):
+    # BEFORE has a plain frozen Dense of its own; AFTER's split group was corrupted.
+    before = keras.saving.load_model(built)
+    after = keras.saving.load_model(built)
+    kernel = after.get_layer("hidden__frozen").kernel
+    kernel.assign(kernel.numpy() + 1.0)
+    merged_before = splitnet.merge_model(before)
+    merged_before.get_layer("head").trainable = False
+    merged_before.save(tmp_path / "before.keras")
+    after.save(tmp_path / "after.keras")
+    result = invoke("verify", tmp_path / "before.keras", tmp_path / "after.keras")
+    assert result.exit_code == 1
+    assert result.output.startswith("FAILED: 352 of ")
+
+
+def test_inspect_lists_user_layers_with_double_underscore(tmp_path):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="my__head")(keras.layers.Dense(3, name="d")(inputs)))
+    model.save(tmp_path / "m.keras")
+    split = splitnet.split_model(model, {"d": {"units": [0]}})
+    split.save(tmp_path / "s.keras")
+    info = json.loads(invoke("inspect", tmp_path / "s.keras", "--json").output)
+    assert [row["layer"] for row in info["layers"]] == ["d", "my__head"]
+
+
+def test_runs_is_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("not a folder")
+    result = invoke("run", QUICKSTART, "--epochs", 1)
+    assert result.exit_code == 2
+    assert errors(result) == "splitnet: error: runs exists but is not a folder; give the output folder with -o"

@@ -197,3 +197,18 @@ def test_base_spec_with_relative_path(tmp_path):
     """))
     with pytest.raises(splitnet.SpecError, match=r"spec.yaml:4: freeze.d_1: no layer 'd_1' in model 'seqmodel'; did you mean 'd1'\?"):
         splitnet.build_model(spec)
+
+
+def test_dense_shared_across_a_nested_model():
+    dense = keras.layers.Dense(3, name="d")
+    inner_in = keras.Input((4,))
+    encoder = keras.Model(inner_in, dense(inner_in), name="enc")
+    a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    model = perturb(keras.Model([a, b], keras.layers.Concatenate()([encoder(a), dense(b)])))
+    split = splitnet.split_model(model, {"d": {"units": [0]}})
+    x = _inputs(model)
+    assert_same_function(np.asarray(split(x)), np.asarray(model(x)))
+    assert len(split.trainable_variables) == 2  # one piece, shared by both calls
+    merged = splitnet.merge_model(split)
+    assert len(merged.weights) == 2
+    assert_same_function(np.asarray(merged(x)), np.asarray(model(x)))

@@ -162,3 +162,9 @@ def test_every_config_builds(path):
     model = splitnet.build_model(spec)
     masks = splitnet.frozen_masks(model)
     assert {r.layer for r in spec.freeze} == set(masks)
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    # YAML 1.1 reads 1e-3 as a string; an optimizer argument means the number.
+    spec = load_spec(write(tmp_path, GOOD.replace("learning_rate: 0.001", "learning_rate: 1e-3")))
+    assert spec.train.optimizer_config["config"]["learning_rate"] == 0.001

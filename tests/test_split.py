@@ -9,11 +9,18 @@ import splitnet
 from splitnet.layers import FrozenDense, SplitJoin
 
 
-@pytest.mark.parametrize("case", case_params())
-@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "nobias"])
-def test_split_computes_the_same_function(case, use_bias):
+# Without a bias, `bias: true` is an error (test_bias_on_layer_without_bias): drop it.
+SAME_FUNCTION = [pytest.param(c.rule, True, id=f"bias-{c.id}") for c in CASES] + [
+    pytest.param({k: v for k, v in c.rule.items() if k != "bias"}, False, id=f"nobias-{c.id}")
+    for c in CASES
+    if set(c.rule) != {"bias"}
+]
+
+
+@pytest.mark.parametrize("rule, use_bias", SAME_FUNCTION)
+def test_split_computes_the_same_function(rule, use_bias):
     model = make_model(use_bias=use_bias)
-    split = splitnet.split_model(model, {"d": case.rule})
+    split = splitnet.split_model(model, {"d": rule})
     x, _ = data()
     assert_same_function(split.predict(x, verbose=0), model.predict(x, verbose=0))
 
@@ -228,6 +235,11 @@ def test_freeze_errors(freeze, message):
     assert str(info.value).startswith("freeze.")
 
 
+def test_bias_on_layer_without_bias():
+    with pytest.raises(splitnet.SpecError, match=r"freeze.d.bias: layer 'd' has no bias \(use_bias=False\)"):
+        splitnet.split_model(make_model(use_bias=False), {"d": {"bias": True}})
+
+
 def test_non_dense_layer_is_refused():
     inputs = keras.Input((IN_DIM,))
     h = keras.layers.Dense(UNITS, name="d")(inputs)
@@ -257,3 +269,28 @@ def test_subclassed_model_is_refused():
     net(np.zeros((1, 4), "float32"))
     with pytest.raises(splitnet.ModelError, match="only Functional and Sequential"):
         splitnet.split_model(net, {"d": {"units": [0]}})
+
+
+def test_masks_follow_what_actually_trains():
+    split = splitnet.split_model(make_model(), {"d": {"units": "0:10"}})
+    split.get_layer("d").trainable = False  # the join holds no weights: the pieces still train
+    assert not splitnet.frozen_masks(split)["d"]["kernel"][:, 10:].any()
+    split.get_layer("d__trainable").trainable = False  # now nothing of "d" trains
+    masks = splitnet.frozen_masks(split)["d"]
+    assert masks["kernel"].all() and masks["bias"].all()
+
+
+def test_shape_dependent_initializer():
+    value = np.arange(IN_DIM * UNITS, dtype="float32").reshape(IN_DIM, UNITS)
+    model = make_model(kernel_initializer=keras.initializers.Constant(value))
+    split = splitnet.split_model(model, {"d": {"units": [0, 5], "rows": [1]}})
+    x, _ = data()
+    assert_same_function(split.predict(x, verbose=0), model.predict(x, verbose=0))
+    merged = splitnet.merge_model(split)
+    assert merged.get_layer("d").get_config() == model.get_layer("d").get_config()
+
+
+def test_a_piece_cannot_be_split_again():
+    split = splitnet.split_model(make_model(), {"d": {"units": "0:10"}})
+    with pytest.raises(splitnet.SpecError, match="layer 'd__trainable' is a piece of a split layer; merge the model first"):
+        splitnet.split_model(split, {"d__trainable": {"units": [0]}})

@@ -57,7 +57,7 @@ def test_synthetic_task_is_learnable():
 def test_load_data(tmp_path):
     model = _model((6,), 3)
     path = tmp_path / "d.npz"
-    np.savez(path, x=np.zeros((10, 6), "float32"), y=np.zeros((10,)), x_val=np.zeros((2, 6)), y_val=np.zeros((2,)))
+    np.savez(path, x=np.zeros((10, 6), "float32"), y=np.zeros((10, 3)), x_val=np.zeros((2, 6)), y_val=np.zeros((2, 3)))
     data = load_data(path, model)
     assert len(data) == 10 and data.validation[0].shape == (2, 6)
 
@@ -66,9 +66,10 @@ def test_load_data(tmp_path):
     "arrays, message",
     [
         ({"x": np.zeros((4, 6))}, r"needs arrays x, y \(has: x\)"),
-        ({"x": np.zeros((4, 5)), "y": np.zeros(4)}, r"x has shape \(4, 5\), but model '.*' expects \(n, 6\)"),
-        ({"x": np.zeros((4, 6)), "y": np.zeros(3)}, "x has 4 samples but its labels have 3"),
-        ({"x": np.zeros((4, 6)), "y": np.zeros(4), "x_val": np.zeros((1, 6))}, "give both x_val and y_val"),
+        ({"x": np.zeros((4, 5)), "y": np.zeros((4, 3))}, r"x has shape \(4, 5\), but model '.*' expects \(n, 6\)"),
+        ({"x": np.zeros((4, 6)), "y": np.zeros((3, 3))}, "x has 4 samples but its labels have 3"),
+        ({"x": np.zeros((4, 6)), "y": np.zeros((4, 3)), "x_val": np.zeros((1, 6))}, "give both x_val and y_val"),
+        ({"x": np.zeros((4, 6)), "y": np.zeros((4, 2))}, r"y has shape \(4, 2\), but model '.*' needs targets of shape \(n, 3\)"),
         ({"x": np.array([object()] * 4), "y": np.zeros(4)}, "cannot read"),
     ],
 )
