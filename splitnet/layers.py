@@ -195,6 +195,10 @@ class SplitJoin(keras.layers.Layer):
 
     def call(self, inputs):
         blocks = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if self.plan.input_blocks:
+            # The first input is the original layer's input, passed only to keep
+            # the graph whole (the producer's join) and for merge_model; unused.
+            blocks = blocks[1:]
         if len(self._segments) == 1:
             joined = blocks[0]
         elif len(self._segments) <= MAX_SLICES:
@@ -208,8 +212,8 @@ class SplitJoin(keras.layers.Layer):
         return self.activation(joined)
 
     def compute_output_shape(self, input_shape):
-        first = input_shape[0] if isinstance(input_shape, list) else input_shape
-        return tuple(first[:-1]) + (self.plan.units,)
+        last = input_shape[-1] if isinstance(input_shape, list) else input_shape
+        return tuple(last[:-1]) + (self.plan.units,)
 
     def get_config(self):
         config = super().get_config()

@@ -15,6 +15,13 @@ into parallel pieces, each an ordinary Dense on all or some input rows:
 The bias of the trainable columns rides on the piece whose trainability it
 shares, or on a separate `bias` layer when there is no such piece.
 
+When the layer's input is another split Dense's output whose frozen units
+feed nothing trainable (that layer reads the data), `input_blocks` splits
+every piece once more along that producer's trainable and frozen units, and
+the pieces read the producer's blocks directly: autodiff then never computes
+the input gradient towards the producer's frozen units, which nothing needs.
+This changes only the structure, never what is frozen.
+
 `split_weights` and `merge_weights` read the same pieces, so split and merge
 cannot disagree about where an entry went.
 """
@@ -105,7 +112,8 @@ class Piece:
     """One Dense sub-layer of a split group.
 
     Attributes:
-        role: "frozen", "trainable" or "frozen_rows".
+        role: "frozen", "trainable", "frozen_rows", or with `input_blocks`
+            "frozen_from0", "frozen_from1", "trainable_from0", "trainable_from1".
         rows: Input rows it reads (None: all of them, no selection needed).
         cols: Output columns of the original layer it computes.
         use_bias: Whether it carries the bias of its columns.
@@ -117,6 +125,8 @@ class Piece:
     cols: tuple
     use_bias: bool
     frozen: bool
+    block: int = 0  # the joined block it adds into: 0 the trainable columns, 1 the frozen ones
+    source: int | None = None  # None: the layer's input; i: the producer's block i (see input_blocks)
 
 
 def _cells(piece):
@@ -148,6 +158,12 @@ class DensePlan:
     frozen_units: tuple
     frozen_rows: tuple
     bias_frozen: bool
+    # When the input is a split Dense's output whose frozen units feed nothing
+    # trainable: that producer's (trainable units, frozen units). Each piece is
+    # then split along these rows and reads the producer's blocks directly, so
+    # autodiff skips the input gradient towards the producer's frozen units.
+    # Structure only: it freezes nothing.
+    input_blocks: tuple = ()
 
     # -- index sets -------------------------------------------------------
 
@@ -192,10 +208,19 @@ class DensePlan:
             return ()
         t_cols, f_cols = self.trainable_units, self.frozen_units
         t_rows, f_rows = self.trainable_rows, self.frozen_rows
+        if self.input_blocks:
+            out = []
+            for kind, cols, frozen in (("frozen", f_cols, True), ("trainable", t_cols, False)):
+                bias = self.use_bias and (frozen or not self.bias_frozen)
+                for source, rows in enumerate(self.input_blocks):
+                    if cols:
+                        piece = Piece(f"{kind}_from{source}", rows, cols, bias and source == 0, frozen, int(frozen), source)
+                        out.append(piece)
+            return tuple(out)
         all_rows = None
         out = []
         if f_cols:
-            out.append(Piece("frozen", all_rows, f_cols, self.use_bias, True))
+            out.append(Piece("frozen", all_rows, f_cols, self.use_bias, True, block=1))
         if t_rows:
             rows = all_rows if not f_rows else t_rows
             bias = self.use_bias and not self.bias_frozen
@@ -215,22 +240,21 @@ class DensePlan:
         """
         if self.fully_frozen or not self.use_bias:
             return None
-        roles = {p.role for p in self.pieces}
-        if self.bias_frozen and "frozen_rows" not in roles:
-            return "frozen"
-        if not self.bias_frozen and "trainable" not in roles:
-            return "trainable"
-        return None
+        if any(p.use_bias and p.cols == self.trainable_units for p in self.pieces):
+            return None
+        return "frozen" if self.bias_frozen else "trainable"
 
     def layer_roles(self):
         """Roles of every generated layer but the join: pieces, input selections, sum, bias."""
         roles = []
         for piece in self.pieces:
             roles.append(piece.role)
-            if piece.rows is not None:
+            if piece.rows is not None and piece.source is None:
                 roles.append(piece.role + "_in")
-        if {"trainable", "frozen_rows"} <= set(roles):
-            roles.append("sum")
+        roles += [f"input{i}" for i in range(len(self.input_blocks))]
+        for block, role in ((0, "sum"), (1, "sum_frozen")):
+            if sum(p.block == block for p in self.pieces) > 1:
+                roles.append(role)
         if self.bias_layer:
             roles.append("bias")
         return roles
@@ -316,6 +340,7 @@ class DensePlan:
             "frozen_units": [list(r) for r in runs(self.frozen_units)],
             "frozen_rows": [list(r) for r in runs(self.frozen_rows)],
             "bias_frozen": self.bias_frozen,
+            "input_blocks": [[list(r) for r in runs(block)] for block in self.input_blocks],
         }
 
     @classmethod
@@ -323,4 +348,5 @@ class DensePlan:
         config = dict(config)
         config["frozen_units"] = from_runs(config["frozen_units"])
         config["frozen_rows"] = from_runs(config["frozen_rows"])
+        config["input_blocks"] = tuple(from_runs(block) for block in config.get("input_blocks", ()))
         return cls(**config)

@@ -9,6 +9,7 @@ shared weights stay shared.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import keras
@@ -188,8 +189,64 @@ def plan_layers(model, rules, where):
             generated = prefix + plan.layer_name(role)
             if generated in existing:
                 raise where.error(rule.path, f"cannot split {rule.layer!r}: the model already has a layer named {generated!r}", key=True)
-        targets[id(layer)] = (layer, rule.layer, plan)
+        targets[id(layer)] = (layer, rule.layer, plan, None)
+    for key, (layer, name, plan, _) in list(targets.items()):
+        producer = _partition_producer(layer, plan, targets)
+        if producer is not None:
+            blocks = (targets[id(producer)][2].trainable_units, targets[id(producer)][2].frozen_units)
+            targets[key] = (layer, name, dataclasses.replace(plan, input_blocks=blocks), producer)
     return targets
+
+
+# Activations that act entry by entry, so they can be applied to each block.
+_ELEMENTWISE = {
+    "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "tanh", "sigmoid", "hard_sigmoid",
+    "silu", "swish", "softplus", "softsign", "exponential", "mish", "hard_silu", "hard_swish",
+}
+
+
+def _partition_producer(layer, plan, targets):
+    """The split Dense whose frozen units feed `layer` and nothing trainable, or None.
+
+    Then `layer` can read that producer's blocks and split its kernel rows
+    along them, so the input gradient towards the frozen block is never
+    computed (nothing needs it). Only the simple, common case: both layers
+    called once, `layer` reading the producer's output directly.
+    """
+    if plan.frozen_rows or plan.fully_frozen or len(layer._inbound_nodes) != 1:
+        return None
+    inputs = layer._inbound_nodes[0].input_tensors
+    if len(inputs) != 1:
+        return None
+    producer = inputs[0]._keras_history.operation
+    if id(producer) not in targets or len(producer._inbound_nodes) != 1:
+        return None
+    producer_plan = targets[id(producer)][2]
+    if producer_plan.fully_frozen or not producer_plan.frozen_units or producer_plan.frozen_rows:
+        return None
+    if producer.get_config()["activation"] not in _ELEMENTWISE:
+        return None
+    if _needs_gradient(producer._inbound_nodes[0].input_tensors):
+        return None
+    return producer
+
+
+def _needs_gradient(tensors):
+    """Whether any of `tensors` depends on a trainable weight."""
+    stack, seen = list(tensors), set()
+    while stack:
+        tensor = stack.pop()
+        operation, node_index, _ = tensor._keras_history
+        if operation is None or id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        node = operation._inbound_nodes[node_index]
+        if node.is_input:
+            continue
+        if operation.trainable_weights:
+            return True
+        stack.extend(node.input_tensors)
+    return False
 
 
 # --------------------------------------------------------------------------
@@ -199,10 +256,11 @@ def plan_layers(model, rules, where):
 class _Group:
     """The layers that replace one Dense; created once, callable at every call site."""
 
-    def __init__(self, layer, plan):
+    def __init__(self, layer, plan, producer_activation=None):
         self.plan = plan
         config = layer.get_config()
         self.layers = {}
+        self.blocks = None  # the joined blocks of the last call, for a consumer's input_blocks
         if plan.fully_frozen:
             self.whole = FrozenDense.from_config({**config, "trainable": False})
             return
@@ -224,10 +282,16 @@ class _Group:
                     "trainable": not piece.frozen,
                 }
             )
-            if piece.rows is not None:
+            if piece.rows is not None and piece.source is None:
                 self.layers[piece.role + "_in"] = SelectFeatures(
                     piece.rows, name=plan.layer_name(piece.role + "_in"), dtype=config["dtype"]
                 )
+        for i in range(len(plan.input_blocks)):
+            # The producer's activation, applied to each of its blocks: what
+            # its join would compute, minus the reordering.
+            self.layers[f"input{i}"] = keras.layers.Activation(
+                producer_activation, name=plan.layer_name(f"input{i}"), dtype=config["dtype"]
+            )
         if plan.bias_layer:
             cls = FrozenBias if plan.bias_layer == "frozen" else Bias
             self.layers["bias"] = cls(
@@ -237,23 +301,30 @@ class _Group:
                 name=plan.layer_name("bias"),
                 dtype=config["dtype"],
             )
-        if "trainable" in self.layers and "frozen_rows" in self.layers:
-            self.layers["sum"] = keras.layers.Add(name=plan.layer_name("sum"), dtype=config["dtype"])
+        for role in ("sum", "sum_frozen"):
+            if role in plan.layer_roles():
+                self.layers[role] = keras.layers.Add(name=plan.layer_name(role), dtype=config["dtype"])
         self.layers["join"] = SplitJoin(plan, config, dtype=config["dtype"])
 
-    def __call__(self, x):
+    def __call__(self, x, producer_blocks=None):
         if self.whole is not None:
             return self.whole(x)
-        outputs = {}
+        inputs = {i: self.layers[f"input{i}"](block) for i, block in enumerate(producer_blocks or ())}
+        sums = {0: [], 1: []}
         for piece in self.plan.pieces:
-            inputs = x if piece.rows is None else self.layers[piece.role + "_in"](x)
-            outputs[piece.role] = self.layers[piece.role](inputs)
-        column_block = [outputs[r] for r in ("trainable", "frozen_rows") if r in outputs]
-        t = self.layers["sum"](column_block) if len(column_block) == 2 else column_block[0]
+            if piece.source is not None:
+                source = inputs[piece.source]
+            else:
+                source = x if piece.rows is None else self.layers[piece.role + "_in"](x)
+            sums[piece.block].append(self.layers[piece.role](source))
+        blocks = []
+        for block, role in ((0, "sum"), (1, "sum_frozen")):
+            if sums[block]:
+                blocks.append(self.layers[role](sums[block]) if len(sums[block]) > 1 else sums[block][0])
         if "bias" in self.layers:
-            t = self.layers["bias"](t)
-        blocks = [t] + ([outputs["frozen"]] if "frozen" in outputs else [])
-        return self.layers["join"](blocks)
+            blocks[0] = self.layers["bias"](blocks[0])
+        self.blocks = blocks
+        return self.layers["join"](([x] if self.plan.input_blocks else []) + blocks)
 
     def set_weights_from(self, layer):
         weights = layer.get_weights()
@@ -268,12 +339,22 @@ class _Group:
 def _rewrite(model, targets):
     """Clone `model` with weights, each target Dense replaced by its group at every call."""
     groups = {}
+    blocks_of = {}  # id(a group's output) -> its joined blocks, for consumers with input_blocks
 
     def replacement(layer):
         if id(layer) not in targets:
             return None
-        group = groups[id(layer)] = _Group(layer, targets[id(layer)][2])
-        return lambda inputs, *args, **kwargs: group(inputs)
+        _, _, plan, producer = targets[id(layer)]
+        activation = producer.get_config()["activation"] if producer is not None else None
+        group = groups[id(layer)] = _Group(layer, plan, activation)
+
+        def call(inputs, *args, **kwargs):
+            outputs = group(inputs, blocks_of.get(id(inputs)) if plan.input_blocks else None)
+            if group.blocks is not None:
+                blocks_of[id(outputs)] = group.blocks
+            return outputs
+
+        return call
 
     new_model = rewrite(model, replacement)
     for key, group in groups.items():

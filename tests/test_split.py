@@ -1,6 +1,7 @@
 """Split models: same function, right masks, frozen entries exact under training."""
 
 import keras
+import tensorflow as tf
 import numpy as np
 import pytest
 from conftest import CASES, IN_DIM, OUT, UNITS, assert_same_function, case_params, data, make_model, perturb
@@ -294,3 +295,63 @@ def test_a_piece_cannot_be_split_again():
     split = splitnet.split_model(make_model(), {"d": {"units": "0:10"}})
     with pytest.raises(splitnet.SpecError, match="layer 'd__trainable' is a piece of a split layer; merge the model first"):
         splitnet.split_model(split, {"d__trainable": {"units": [0]}})
+
+
+def _stack(depth, width=24):
+    inputs = keras.Input((width,), name="x")
+    h = inputs
+    for i in range(depth):
+        h = keras.layers.Dense(width, activation="relu", name=f"l{i}")(h)
+    return perturb(keras.Model(inputs, h, name="stack"))
+
+
+def test_consumer_reads_producer_blocks_when_the_frozen_block_feeds_nothing_trainable():
+    model = _stack(3)
+    freeze = {f"l{i}": {"units": [0, 3, 4, 9, 17]} for i in range(3)}
+    split = splitnet.split_model(model, freeze)
+    names = {layer.name for layer in split.layers}
+    # l0's input is the data: l1 splits its rows along l0's blocks.
+    assert {"l1__trainable_from0", "l1__trainable_from1", "l1__frozen_from0", "l1__frozen_from1"} <= names
+    # l1's input depends on l0's trainable weights: l2 must keep the full input gradient.
+    assert not any(name.startswith("l2__") and "_from" in name for name in names)
+    assert isinstance(split.get_layer("l0"), SplitJoin)  # the producer's join stays, for merge
+
+
+def test_consumer_row_split_keeps_gradients_and_merges_back(tmp_path):
+    model = _stack(2)
+    freeze = {"l0": {"units": "0:16"}, "l1": {"units": [1, 2], "bias": True}}
+    split = splitnet.split_model(model, freeze)
+    assert split.get_layer("l1").plan.input_blocks == (tuple(range(16, 24)), tuple(range(16)))
+    x, _ = data(16, input_shape=(24,))
+    y = np.random.default_rng(3).normal(size=(16, 24)).astype("float32")
+    assert_same_function(split.predict(x, verbose=0), model.predict(x, verbose=0))
+
+    def grads(m):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(m(x, training=True) - y))
+        return dict(zip((v.path for v in m.trainable_variables), tape.gradient(loss, m.trainable_variables)))
+
+    # Every trainable entry gets the unsplit model's gradient.
+    full, parts = grads(model), grads(split)
+    masks = splitnet.frozen_masks(split)
+    for layer in ("l0", "l1"):
+        plan = split.get_layer(layer).plan
+        pieces = {role: [np.asarray(parts[w.path]) for w in split.get_layer(plan.layer_name(role)).trainable_weights]
+                  for role in plan.layer_roles() if split.get_layer(plan.layer_name(role)).trainable_weights}
+        filled = dict(pieces)
+        for piece in plan.pieces:  # frozen pieces have no gradient: fill with zeros
+            if piece.role not in filled:
+                rows = plan.in_dim if piece.rows is None else len(piece.rows)
+                filled[piece.role] = [np.zeros((rows, len(piece.cols)), "float32")] + (
+                    [np.zeros(len(piece.cols), "float32")] if piece.use_bias else []
+                )
+        if plan.bias_layer and "bias" not in filled:
+            filled["bias"] = [np.zeros(len(plan.trainable_units), "float32")]
+        kernel = plan.merge_weights(filled, "float32")[0]
+        want = np.asarray(full[f"{layer}/kernel"])
+        np.testing.assert_allclose(kernel[~masks[layer]["kernel"]], want[~masks[layer]["kernel"]], rtol=1e-4, atol=1e-6)
+
+    split.save(tmp_path / "s.keras")
+    merged = splitnet.merge_model(keras.saving.load_model(tmp_path / "s.keras"))
+    assert [layer.get_config() for layer in merged.layers] == [layer.get_config() for layer in model.layers]
+    assert_same_function(merged.predict(x, verbose=0), model.predict(x, verbose=0))
