@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 import zipfile
@@ -45,18 +46,6 @@ def load_keras(path, compile=True):
         return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - any failure means: not a loadable Keras model
         raise ModelFileError(f"cannot load {path} as a Keras model: {first_line(exc)}") from None
-
-
-def _umask():
-    """The process umask, read without changing it (os.umask would, racily)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
 
 
 class OutputError(InputError):
@@ -97,8 +86,9 @@ def atomic_output(path, force=False, directory=False):
     suffix = "" if directory else path.suffix  # Keras wants `.keras` at the end
     try:
         if directory:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
+            # Not mkdtemp: that makes the folder private (0700), and the result should not be.
+            tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
+            tmp.mkdir()
         else:
             fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
             os.close(fd)
