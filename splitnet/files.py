@@ -9,6 +9,7 @@ unless asked to (`force`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import shutil
@@ -108,7 +109,10 @@ def _replace(tmp, path):
     if not os.path.lexists(path) or not (os.path.isdir(tmp) or os.path.isdir(path)):
         os.replace(tmp, path)  # atomic for files, even over an existing one
         return
-    # A folder cannot be swapped in one step: move the old one aside first.
+    if _exchange(tmp, path):  # atomic swap (Linux); tmp now holds the old one
+        _remove(tmp)
+        return
+    # Elsewhere a folder cannot be swapped in one step: move the old one aside first.
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     os.rename(path, old)
     try:
@@ -117,6 +121,18 @@ def _replace(tmp, path):
         os.rename(old, path)
         raise
     _remove(old)
+
+
+def _exchange(a, b):
+    """Atomically swap two paths with Linux's renameat2(RENAME_EXCHANGE); False if unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return result == 0
 
 
 def save_keras(model, path, force=False):

@@ -112,3 +112,15 @@ def test_force_keeps_old_export_when_new_one_fails(tmp_path, split, monkeypatch)
         splitnet.export_saved_model(split, path, force=True)
     monkeypatch.setattr(tf.saved_model, "load", real_load)
     assert sorted(os.listdir(path)) == before and _siblings(path) == []
+
+
+def test_forced_folder_replacement_is_one_atomic_swap(tmp_path):
+    from splitnet.files import _exchange
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    new.mkdir()
+    old.mkdir()
+    (new / "n").touch()
+    (old / "o").touch()
+    assert _exchange(new, old)  # renameat2(RENAME_EXCHANGE): no moment without a folder at `old`
+    assert [p.name for p in old.iterdir()] == ["n"] and [p.name for p in new.iterdir()] == ["o"]
