@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import click
-import keras
 import tensorflow as tf
 
 import splitnet
@@ -19,10 +18,10 @@ from splitnet import distribute
 from splitnet.distribute import STRATEGIES, make_strategy
 from splitnet.errors import InputError
 from splitnet.files import atomic_output, check_output, load_keras, save_keras
-from splitnet.job import format_report, run_spec
+from splitnet.job import build_compiled, format_report, run_spec
 from splitnet.spec import TrainSpec
 from splitnet.summary import describe, format_table, plot_masks
-from splitnet.train import compile_model, get_data, set_learning_rate
+from splitnet.train import get_data, set_learning_rate
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
 
@@ -81,9 +80,7 @@ def _model_from(path, learning_rate=None):
     """A compiled model from a spec (built and compiled) or a `.keras` file, and its train settings."""
     if _is_spec(path):
         spec = splitnet.load_spec(path)
-        keras.utils.set_random_seed(spec.train.seed)
-        model = compile_model(splitnet.build_model(spec), spec.train, learning_rate)
-        return model, spec.train
+        return build_compiled(spec, learning_rate), spec.train
     if Path(path).suffix != ".keras":
         raise InputFileError(f"{path}: expected a spec (.yaml) or a Keras model (.keras)")
     model = load_keras(path)

@@ -33,6 +33,13 @@ def default_run_dir(spec):
     return Path("runs") / f"{name}-{stamp}"
 
 
+def build_compiled(spec, learning_rate=None):
+    """The spec's split model, seeded by `train.seed` and compiled with its `train` settings."""
+    spec = spec_lib.load_spec(spec)
+    keras.utils.set_random_seed(spec.train.seed)
+    return compile_model(build_model(spec), spec.train, learning_rate)
+
+
 def run_spec(spec, out_dir=None, *, force=False, data=None, epochs=None, batch_size=None, learning_rate=None, verbose="auto"):
     """Build the spec's split model, train it, check it, merge it and export it.
 
@@ -68,9 +75,7 @@ def run_spec(spec, out_dir=None, *, force=False, data=None, epochs=None, batch_s
         out_dir.parent.mkdir()
     check_output(out_dir, force)  # before any work: refuse early
     train = spec.train
-    keras.utils.set_random_seed(train.seed)
-    model = build_model(spec)
-    compile_model(model, train, learning_rate)
+    model = build_compiled(spec, learning_rate)
     dataset = get_data(model, data or train.data, seed=train.seed)
     batch_size = batch_size or train.batch_size
     epochs = epochs or train.epochs
