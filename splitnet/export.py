@@ -15,16 +15,22 @@ class ExportError(SplitnetError):
 
 
 def probe_inputs(model, batch=16, seed=0):
-    """A fixed random batch shaped like `model`'s inputs (variable axes: 8)."""
+    """A fixed batch in the structure of `model`'s inputs (dict, list or one array).
+
+    Float inputs are standard normal; integer and boolean ones (token ids,
+    segment ids, padding masks) are ones, valid for any vocabulary. Axes of
+    unknown size get 8.
+    """
     rng = np.random.default_rng(seed)
-    arrays = []
-    for tensor in model.inputs:
+
+    def make(tensor):
         shape = (batch,) + tuple(8 if d is None else d for d in tensor.shape[1:])
-        if "int" in str(tensor.dtype):
-            arrays.append(np.zeros(shape, dtype=str(tensor.dtype)))
-        else:
-            arrays.append(rng.normal(size=shape).astype(str(tensor.dtype)))
-    return arrays[0] if len(arrays) == 1 else arrays
+        dtype = keras.backend.standardize_dtype(tensor.dtype)
+        if "float" in dtype:
+            return rng.normal(size=shape).astype(dtype)
+        return np.ones(shape, dtype=dtype)
+
+    return keras.tree.map_structure(make, model.input)
 
 
 def max_difference(a, b):

@@ -17,8 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import keras
-
+from splitnet import saving
 from splitnet.errors import InputError
 from splitnet.spec import first_line
 
@@ -28,7 +27,7 @@ class ModelFileError(InputError):
 
 
 def load_keras(path, compile=True):
-    """Load a `.keras` model with `safe_mode=True` (no Lambda, no pickle).
+    """Load a `.keras` model with `safe_mode=True` (no Lambda, no pickle), split layers included.
 
     Raises:
         ModelFileError: the file is missing or not a loadable Keras archive.
@@ -44,7 +43,7 @@ def load_keras(path, compile=True):
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path}: not a Keras archive (a .keras file is a zip archive)")
     try:
-        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+        return saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - any failure means: not a loadable Keras model
         raise ModelFileError(f"cannot load {path} as a Keras model: {first_line(exc)}") from None
 

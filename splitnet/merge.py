@@ -1,37 +1,27 @@
-"""Put split groups back into plain Dense layers: `merge_model`, `merged_weights`.
+"""Put split layers back into plain layers: `merge_model`, `merged_weights`.
 
-The mirror of `split.py`: one `clone_model` call in which every layer of a
-group but the join passes its input through unchanged, and the join (which
-has the original name and config) becomes the original Dense again, with
-weights reassembled by the same `DensePlan` that split them.
+The mirror of `split.py`. A split layer already saves the plain layer's
+weights (its kind assembles them from the pieces with the same plan that
+split them), so merging is Keras' own save and load with the split classes
+in the model config replaced by the plain ones (`saving.plain_copy`).
 """
 
 from __future__ import annotations
 
-import keras
-import numpy as np
-
-from splitnet.graph import find_groups, group_member_keys, rewrite, walk_layers
-from splitnet.layers import FrozenDense
-
-
-def _group_weights(join, layers):
-    plan = join.plan
-    weights = {role: [np.asarray(w) for w in layers[role].get_weights()] for role in layers if layers[role].weights}
-    dtype = next(iter(weights.values()))[0].dtype
-    return plan.merge_weights(weights, dtype)
+from splitnet import kinds, saving, tree
 
 
 def merged_weights(model):
-    """The weights every Dense layer of `model` would have after `merge_model`.
+    """The weights every splittable layer of `model` would have after `merge_model`.
 
     Args:
         model: A split or plain model.
 
     Returns:
         `{layer_key: [kernel, bias]}` (just `[kernel]` without bias) as numpy
-        arrays in the original layer's coordinates, for split groups and
-        for every plain Dense layer. Nested layers are keyed `outer/inner`.
+        arrays in the plain layer's coordinates, for split layers and for
+        every plain layer of a splittable kind. Nested layers are keyed
+        `outer/inner`.
 
     Example:
         >>> import keras, splitnet
@@ -41,28 +31,31 @@ def merged_weights(model):
         >>> bool((splitnet.merged_weights(split)["d"][0] == model.get_weights()[0]).all())
         True
     """
-    out = {key: _group_weights(join, layers) for key, join, layers in find_groups(model)}
-    skip = group_member_keys(model)
-    for key, layer, _, _ in walk_layers(model):
-        if isinstance(layer, keras.layers.Dense) and key not in skip:
-            out[key] = [np.asarray(w) for w in layer.get_weights()]
+    out = {}
+    for key, layer in tree.walk(model):
+        kind = kinds.split_kind_of(layer) or kinds.kind_of(layer)
+        if kind is not None and layer.built:
+            out[key] = kind.merged_weights(layer)
     return out
 
 
 def merge_model(model):
-    """Return a copy of `model` in which every split group is one plain Dense again.
+    """Return a copy of `model` in which every split layer is its plain layer again.
 
-    The result has the original architecture layer for layer: each group
-    becomes a `keras.layers.Dense` with the original name and config, and
-    layers frozen whole become trainable Dense layers again. Its outputs
-    equal the split model's. The input model is not changed.
+    The result is the original architecture: the same model class (a
+    keras-hub task stays that task), the same layer classes, names and
+    configs, and the same input names; each split layer becomes the plain
+    layer it was split from, with the weights the pieces hold now. Its
+    outputs equal the split model's. If `model` was compiled, the copy is
+    compiled with the same settings and a fresh optimizer. The input model
+    is not changed.
 
     Args:
-        model: A model from `build_model`/`split_model` (or a `.keras` file
-            of one, loaded), or any Functional/Sequential model.
+        model: A split model (from `split_model`, `build_model` or
+            `splitnet.load_model`), or any model (then: an equivalent copy).
 
     Returns:
-        A new Functional `keras.Model` without splitnet layers.
+        A new `keras.Model` without splitnet layers.
 
     Example:
         >>> import keras, splitnet
@@ -73,47 +66,4 @@ def merge_model(model):
         >>> type(merged.get_layer("d")).__name__, merged.get_layer("d").trainable
         ('Dense', True)
     """
-    groups, passthrough = {}, set()
-    for _, join, layers in find_groups(model):
-        groups[id(join)] = (join, layers)
-        passthrough |= {id(layer) for layer in layers.values()}
-
-    def replacement(layer):
-        if id(layer) in passthrough:
-            # Every layer of a group sees the group's input, so passing it
-            # through leaves the join holding the original Dense's input.
-            return lambda inputs, *args, **kwargs: _first(inputs)
-        if id(layer) in groups:
-            join, layers = groups[id(layer)]
-            dense = keras.layers.Dense.from_config(join.dense_config)
-            return _built_then_set(dense, lambda: _group_weights(join, layers), first_input=True)
-        if isinstance(layer, FrozenDense):  # frozen whole by splitnet: a trainable Dense again
-            dense = keras.layers.Dense.from_config({**layer.get_config(), "trainable": True})
-            return _built_then_set(dense, layer.get_weights)
-        return None
-
-    return rewrite(model, replacement)
-
-
-def _built_then_set(dense, weights, first_input=False):
-    """A call that builds `dense` on its first call and fills it with `weights()` right away.
-
-    Filling each layer as soon as it exists keeps one group's arrays in memory
-    at a time, not the whole model's (merge peaks below 2.5x the model's bytes).
-    """
-
-    filled = False
-
-    def call(inputs, *args, **kwargs):
-        nonlocal filled
-        outputs = dense(_first(inputs)) if first_input else dense(inputs, *args, **kwargs)
-        if not filled:
-            dense.set_weights(weights())
-            filled = True
-        return outputs
-
-    return call
-
-
-def _first(inputs):
-    return inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+    return saving.plain_copy(model)

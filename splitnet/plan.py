@@ -3,24 +3,24 @@
 A Dense layer computes `y = x @ W + b` with `W` of shape (in_dim, units). An
 entry `W[i, j]` is frozen when row `i` or column `j` is frozen; `b[j]` is
 frozen when column `j` is frozen or the whole bias is. `DensePlan` turns that
-into parallel pieces, each an ordinary Dense on all or some input rows:
+into pieces, each a block of the kernel (some input rows x some columns)
+held in its own variable, trainable or not:
 
     role          input rows         columns      trainable
     frozen        all                frozen       no
     trainable     trainable rows     trainable    yes
     frozen_rows   frozen rows        trainable    no
 
-`trainable` and `frozen_rows` are summed (`sum`), the result is joined with
-`frozen` in the original column order, and the activation is applied once.
-The bias of the trainable columns rides on the piece whose trainability it
-shares, or on a separate `bias` layer when there is no such piece.
+Pieces with the same columns are summed, the column blocks (trainable
+columns, frozen columns) are joined in the original order, and the
+activation is applied once. The bias of the trainable columns rides on the
+piece whose trainability it shares, or is a variable of its own (`bias`).
 
-When the layer's input is another split Dense's output whose frozen units
-feed nothing trainable (that layer reads the data), `input_blocks` splits
-every piece once more along that producer's trainable and frozen units, and
-the pieces read the producer's blocks directly: autodiff then never computes
-the input gradient towards the producer's frozen units, which nothing needs.
-This changes only the structure, never what is frozen.
+`constant_rows` is an optimisation that changes the structure, never what
+is frozen: input rows that are known not to depend on any trainable weight
+(the frozen units of a split Dense that reads the data). Each piece is then
+split once more along them, and the part that reads them is cut from the
+gradient, so autodiff never computes an input gradient nothing needs.
 
 `split_weights` and `merge_weights` read the same pieces, so split and merge
 cannot disagree about where an entry went.
@@ -31,9 +31,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
-SEP = "__"  # generated layer names: f"{layer}{SEP}{role}" (Keras forbids "/")
-
 
 def runs(indices):
     """Sorted indices -> list of half-open `(start, stop)` runs.
@@ -107,17 +104,21 @@ def resolve(index_set, size, noun, layer, where):
     return tuple(sorted(owner))
 
 
+
 @dataclasses.dataclass(frozen=True)
 class Piece:
-    """One Dense sub-layer of a split group.
+    """One block of a split kernel, held in its own variable(s).
 
     Attributes:
-        role: "frozen", "trainable", "frozen_rows", or with `input_blocks`
-            "frozen_from0", "frozen_from1", "trainable_from0", "trainable_from1".
-        rows: Input rows it reads (None: all of them, no selection needed).
+        role: Names the piece's variables: "frozen", "trainable",
+            "frozen_rows", and with `constant_rows` also "frozen_constant"
+            and "trainable_constant".
+        rows: Input rows it reads, or None for all of them.
         cols: Output columns of the original layer it computes.
         use_bias: Whether it carries the bias of its columns.
-        frozen: Whether it is non-trainable.
+        frozen: Whether its variables are non-trainable.
+        block: The column block it adds into (`DensePlan.blocks`).
+        constant: Whether its input rows are cut from the gradient.
     """
 
     role: str
@@ -125,8 +126,8 @@ class Piece:
     cols: tuple
     use_bias: bool
     frozen: bool
-    block: int = 0  # the joined block it adds into: 0 the trainable columns, 1 the frozen ones
-    source: int | None = None  # None: the layer's input; i: the producer's block i (see input_blocks)
+    block: int
+    constant: bool = False
 
 
 def _cells(piece):
@@ -143,27 +144,21 @@ class DensePlan:
     """How one Dense layer is split, and how its weights map to the pieces.
 
     Example:
-        >>> plan = DensePlan("head", in_dim=4, units=3, use_bias=True,
+        >>> plan = DensePlan(in_dim=4, units=3, use_bias=True,
         ...                  frozen_units=(0,), frozen_rows=(), bias_frozen=False)
         >>> [p.role for p in plan.pieces]
-        ['frozen', 'trainable']
+        ['trainable', 'frozen']
         >>> plan.kernel_mask()[:, 0].all(), plan.kernel_mask()[:, 1].any()
         (True, False)
     """
 
-    name: str
     in_dim: int
     units: int
     use_bias: bool
     frozen_units: tuple
     frozen_rows: tuple
     bias_frozen: bool
-    # When the input is a split Dense's output whose frozen units feed nothing
-    # trainable: that producer's (trainable units, frozen units). Each piece is
-    # then split along these rows and reads the producer's blocks directly, so
-    # autodiff skips the input gradient towards the producer's frozen units.
-    # Structure only: it freezes nothing.
-    input_blocks: tuple = ()
+    constant_rows: tuple = ()
 
     # -- index sets -------------------------------------------------------
 
@@ -179,13 +174,15 @@ class DensePlan:
 
     @property
     def fully_frozen(self):
-        """True when nothing trains: the layer becomes one non-trainable Dense."""
+        """True when nothing trains: the whole kernel is one frozen piece."""
         if not self.trainable_units:
             return True
         return not self.trainable_rows and (self.bias_frozen or not self.use_bias)
 
     def kernel_mask(self):
         """Bool array (in_dim, units), True where the kernel is frozen."""
+        if self.fully_frozen:
+            return np.ones((self.in_dim, self.units), dtype=bool)
         mask = np.zeros((self.in_dim, self.units), dtype=bool)
         mask[list(self.frozen_rows), :] = True
         mask[:, list(self.frozen_units)] = True
@@ -195,45 +192,53 @@ class DensePlan:
         """Bool array (units,), True where the bias is frozen; shape (0,) without bias."""
         if not self.use_bias:
             return np.zeros((0,), dtype=bool)
-        mask = np.full((self.units,), self.bias_frozen)
+        mask = np.full((self.units,), self.bias_frozen or self.fully_frozen)
         mask[list(self.frozen_units)] = True
         return mask
 
     # -- structure ----------------------------------------------------------
 
     @property
-    def pieces(self):
-        """The Dense pieces, in the order their outputs are joined."""
+    def blocks(self):
+        """The column blocks the pieces add into, joined in this order before reordering."""
         if self.fully_frozen:
-            return ()
+            return (tuple(range(self.units)),)
+        return tuple(b for b in (self.trainable_units, self.frozen_units) if b)
+
+    @property
+    def pieces(self):
+        """The kernel blocks, each held in its own variable(s)."""
+        if self.fully_frozen:
+            return (Piece("frozen", None, tuple(range(self.units)), self.use_bias, True, 0),)
         t_cols, f_cols = self.trainable_units, self.frozen_units
         t_rows, f_rows = self.trainable_rows, self.frozen_rows
-        if self.input_blocks:
+        f_block = 1  # the trainable columns are never empty here
+        if self.constant_rows:
+            constant = set(self.constant_rows)
+            live = tuple(i for i in range(self.in_dim) if i not in constant)
             out = []
-            for kind, cols, frozen in (("frozen", f_cols, True), ("trainable", t_cols, False)):
+            for kind, cols, frozen, block in (("trainable", t_cols, False, 0), ("frozen", f_cols, True, f_block)):
+                if not cols:
+                    continue
                 bias = self.use_bias and (frozen or not self.bias_frozen)
-                for source, rows in enumerate(self.input_blocks):
-                    if cols:
-                        piece = Piece(f"{kind}_from{source}", rows, cols, bias and source == 0, frozen, int(frozen), source)
-                        out.append(piece)
+                if live:
+                    out.append(Piece(kind, live, cols, bias, frozen, block))
+                out.append(Piece(f"{kind}_constant", self.constant_rows, cols, bias and not live, frozen, block, True))
             return tuple(out)
-        all_rows = None
         out = []
-        if f_cols:
-            out.append(Piece("frozen", all_rows, f_cols, self.use_bias, True, block=1))
         if t_rows:
-            rows = all_rows if not f_rows else t_rows
             bias = self.use_bias and not self.bias_frozen
-            out.append(Piece("trainable", rows, t_cols, bias, False))
+            out.append(Piece("trainable", None if not f_rows else t_rows, t_cols, bias, False, 0))
         if f_rows:
-            rows = all_rows if not t_rows else f_rows
             bias = self.use_bias and self.bias_frozen and bool(t_rows)
-            out.append(Piece("frozen_rows", rows, t_cols, bias, True))
+            out.append(Piece("frozen_rows", None if not t_rows else f_rows, t_cols, bias, True, 0))
+        if f_cols:
+            out.append(Piece("frozen", None, f_cols, self.use_bias, True, f_block))
         return tuple(out)
 
     @property
-    def bias_layer(self):
-        """None, or "frozen"/"trainable": a separate bias for the trainable columns.
+    def bias_role(self):
+        """None, or "trainable"/"frozen": the trainable columns' bias held on its own.
 
         Needed when no piece shares the bias's trainability: `bias: true` with
         no frozen rows, or every row frozen while the bias trains.
@@ -244,109 +249,87 @@ class DensePlan:
             return None
         return "frozen" if self.bias_frozen else "trainable"
 
-    def layer_roles(self):
-        """Roles of every generated layer but the join: pieces, input selections, sum, bias."""
-        roles = []
-        for piece in self.pieces:
-            roles.append(piece.role)
-            if piece.rows is not None and piece.source is None:
-                roles.append(piece.role + "_in")
-        roles += [f"input{i}" for i in range(len(self.input_blocks))]
-        for block, role in ((0, "sum"), (1, "sum_frozen")):
-            if sum(p.block == block for p in self.pieces) > 1:
-                roles.append(role)
-        if self.bias_layer:
-            roles.append("bias")
-        return roles
-
-    def layer_name(self, role):
-        return f"{self.name}{SEP}{role}"
-
-    def role_masks(self, role):
-        """(kernel mask, bias mask) of the entries that the layer with `role` holds."""
+    def piece_masks(self, piece):
+        """(kernel mask, bias mask) of the entries that `piece` holds."""
         kernel = np.zeros((self.in_dim, self.units), dtype=bool)
         bias = np.zeros((self.units if self.use_bias else 0,), dtype=bool)
-        if role == "bias":
-            if self.bias_layer:
-                bias[list(self.trainable_units)] = True
-            return kernel, bias
-        for piece in self.pieces:
-            if piece.role == role:
-                kernel[_cells(piece)] = True
-                if piece.use_bias:
-                    bias[list(piece.cols)] = True
+        kernel[_cells(piece)] = True
+        if piece.use_bias:
+            bias[list(piece.cols)] = True
         return kernel, bias
+
+    def bias_only_mask(self):
+        """Bias mask of the separate bias variable (all False when there is none)."""
+        bias = np.zeros((self.units if self.use_bias else 0,), dtype=bool)
+        if self.bias_role:
+            bias[list(self.trainable_units)] = True
+        return bias
 
     # -- weights --------------------------------------------------------------
 
     def split_weights(self, kernel, bias=None):
-        """Original (kernel, bias) -> {role: [kernel, (bias)]}, plus "bias": [b]."""
-        out = {}
+        """Original (kernel, bias) -> (list of [kernel, (bias)] per piece, separate bias or None)."""
+        pieces = []
         for piece in self.pieces:
-            out[piece.role] = [np.ascontiguousarray(kernel[_cells(piece)])]
+            values = [np.ascontiguousarray(kernel[_cells(piece)])]
             if piece.use_bias:
-                out[piece.role].append(np.ascontiguousarray(bias[as_index(piece.cols)]))
-        if self.bias_layer:
-            out["bias"] = [np.ascontiguousarray(bias[as_index(self.trainable_units)])]
-        return out
+                values.append(np.ascontiguousarray(bias[as_index(piece.cols)]))
+            pieces.append(values)
+        separate = np.ascontiguousarray(bias[as_index(self.trainable_units)]) if self.bias_role else None
+        return pieces, separate
 
-    def merge_weights(self, weights, dtype):
-        """Inverse of `split_weights`: {role: arrays} -> [kernel] or [kernel, bias]."""
+    def merge_weights(self, pieces, separate, dtype):
+        """Inverse of `split_weights`: -> [kernel] or [kernel, bias]."""
         kernel = np.empty((self.in_dim, self.units), dtype=dtype)
         bias = np.empty((self.units,), dtype=dtype) if self.use_bias else None
-        for piece in self.pieces:
-            values = weights[piece.role]
+        for piece, values in zip(self.pieces, pieces):
             kernel[_cells(piece)] = values[0]
             if piece.use_bias:
                 bias[as_index(piece.cols)] = values[1]
-        if self.bias_layer:
-            bias[as_index(self.trainable_units)] = weights["bias"][0]
+        if self.bias_role:
+            bias[as_index(self.trainable_units)] = separate
         return [kernel] if bias is None else [kernel, bias]
 
     # -- order restoring ----------------------------------------------------
 
     def join_order(self):
-        """How to lay the joined pieces out in the original column order.
+        """How to lay the joined blocks out in the original column order.
 
-        The joined layer sees two blocks: the trainable columns (in order),
-        then the frozen ones. Returns `(segments, perm)`: `segments` lists
-        `(block, start, stop)` slices whose concatenation is the original
-        order; `perm[j]` is the position of column `j` in `concat(blocks)`.
+        Returns `(segments, perm)`: `segments` lists `(block, start, stop)`
+        slices whose concatenation is the original order; `perm[j]` is the
+        position of column `j` in `concat(blocks)`.
         """
-        position = {}
-        for offset, j in enumerate(self.trainable_units):
-            position[j] = (0, offset)
-        for offset, j in enumerate(self.frozen_units):
-            position[j] = (1, offset)
+        position, offset = {}, 0
+        for block, cols in enumerate(self.blocks):
+            for i, j in enumerate(cols):
+                position[j] = (block, i, offset + i)
+            offset += len(cols)
         segments = []
         for j in range(self.units):
-            block, offset = position[j]
-            if segments and segments[-1][0] == block and segments[-1][2] == offset:
-                segments[-1][2] = offset + 1
+            block, i, _ = position[j]
+            if segments and segments[-1][0] == block and segments[-1][2] == i:
+                segments[-1][2] = i + 1
             else:
-                segments.append([block, offset, offset + 1])
-        n_t = len(self.trainable_units)
-        perm = [offset + (n_t if block else 0) for block, offset in (position[j] for j in range(self.units))]
+                segments.append([block, i, i + 1])
+        perm = [position[j][2] for j in range(self.units)]
         return [tuple(s) for s in segments], perm
 
     # -- serialization ------------------------------------------------------
 
     def get_config(self):
         return {
-            "name": self.name,
             "in_dim": self.in_dim,
             "units": self.units,
             "use_bias": self.use_bias,
             "frozen_units": [list(r) for r in runs(self.frozen_units)],
             "frozen_rows": [list(r) for r in runs(self.frozen_rows)],
             "bias_frozen": self.bias_frozen,
-            "input_blocks": [[list(r) for r in runs(block)] for block in self.input_blocks],
+            "constant_rows": [list(r) for r in runs(self.constant_rows)],
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["frozen_units"] = from_runs(config["frozen_units"])
-        config["frozen_rows"] = from_runs(config["frozen_rows"])
-        config["input_blocks"] = tuple(from_runs(block) for block in config.get("input_blocks", ()))
+        for key in ("frozen_units", "frozen_rows", "constant_rows"):
+            config[key] = from_runs(config.get(key, ()))
         return cls(**config)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from splitnet.layers import SplitJoin
+from splitnet import kinds, tree
 from splitnet.plan import runs
-from splitnet.graph import group_member_keys, walk_layers
 from splitnet.split import frozen_masks
 
 
@@ -26,7 +25,7 @@ def slots_per_entry(optimizer):
 
 
 def describe(model, optimizer=None):
-    """Per-layer frozen/trainable counts of every Dense layer (groups as one layer).
+    """Per-layer frozen/trainable counts of every layer of a splittable kind.
 
     Args:
         model: A split or plain model.
@@ -35,8 +34,8 @@ def describe(model, optimizer=None):
 
     Returns:
         A dict: `layers` (a list of rows), and totals `trainable`, `frozen`
-        (Dense entries), `params` (all of the model), `slots_per_entry`,
-        `optimizer_floats_saved` and `optimizer_bytes_saved`.
+        (entries of those layers), `params` (all of the model),
+        `slots_per_entry`, `optimizer_floats_saved` and `optimizer_bytes_saved`.
 
     Example:
         >>> import keras, splitnet
@@ -48,35 +47,16 @@ def describe(model, optimizer=None):
     """
     optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
     slots = slots_per_entry(optimizer) if optimizer is not None else None
-    masks = frozen_masks(model)
-    members = group_member_keys(model)
+    trainable_ids = tree.trainable_ids(model)
     rows = []
-    for key, layer, _, _ in walk_layers(model):
-        if isinstance(layer, SplitJoin):
-            plan = layer.plan
-            shape, kind = (plan.in_dim, plan.units), "split"
-            units, rows_frozen, bias = plan.frozen_units, plan.frozen_rows, plan.bias_frozen
-        elif isinstance(layer, keras.layers.Dense) and key not in members:
-            shape, kind = tuple(layer.kernel.shape), "frozen" if key in masks else "trainable"
-            units = range(layer.units) if key in masks else ()
-            rows_frozen, bias = (), key in masks and layer.use_bias
-        else:
+    for key, layer in tree.walk(model):
+        kind = kinds.split_kind_of(layer) or kinds.kind_of(layer)
+        if kind is None or not layer.built:
             continue
-        mask = masks.get(key)
-        size = shape[0] * shape[1] + (shape[1] if _uses_bias(layer) else 0)
-        frozen = int(mask["kernel"].sum() + mask["bias"].sum()) if mask else 0
-        rows.append(
-            {
-                "layer": key,
-                "kind": kind,
-                "shape": list(shape),
-                "frozen_units": format_indices(units),
-                "frozen_rows": format_indices(rows_frozen),
-                "bias_frozen": bool(bias),
-                "trainable": size - frozen,
-                "frozen": frozen,
-            }
-        )
+        masks = kind.masks(layer, trainable_ids)
+        size = sum(int(w.size) for w in kind.merged_weights(layer))
+        frozen = int(sum(m.sum() for m in masks.values())) if masks else 0
+        rows.append({"layer": key, **kind.describe(layer, masks), "trainable": size - frozen, "frozen": frozen})
     frozen_total = sum(r["frozen"] for r in rows)
     return {
         "model": model.name,
@@ -88,12 +68,6 @@ def describe(model, optimizer=None):
         "optimizer_floats_saved": None if slots is None else frozen_total * slots,
         "optimizer_bytes_saved": None if slots is None else frozen_total * slots * 4,
     }
-
-
-def _uses_bias(layer):
-    if isinstance(layer, SplitJoin):
-        return layer.plan.use_bias
-    return layer.use_bias
 
 
 def format_table(info):
@@ -117,7 +91,7 @@ def format_table(info):
     total = info["trainable"] + info["frozen"]
     share = info["frozen"] / total if total else 0.0
     lines.append("")
-    lines.append(f"Dense entries: {total:,}, frozen {info['frozen']:,} ({share:.1%}), trainable {info['trainable']:,}")
+    lines.append(f"entries in these layers: {total:,}, frozen {info['frozen']:,} ({share:.1%}), trainable {info['trainable']:,}")
     if info["slots_per_entry"] is not None:
         lines.append(
             f"optimizer state saved: {info['optimizer_floats_saved']:,} floats "
@@ -137,7 +111,7 @@ def plot_masks(model, path):
         raise ImportError("--plot needs matplotlib: python -m pip install matplotlib (or the [plot] extra)") from None
     masks = frozen_masks(model)
     if not masks:
-        raise ValueError(f"model {model.name!r} has no frozen Dense entries to plot")
+        raise ValueError(f"model {model.name!r} has no frozen entries to plot")
     fig, axes = plt.subplots(1, len(masks), figsize=(4 * len(masks), 4), squeeze=False)
     for ax, (key, mask) in zip(axes[0], masks.items()):
         ax.imshow(mask["kernel"], cmap="Greys", vmin=0, vmax=1.6, aspect="auto", interpolation="nearest")

@@ -124,14 +124,18 @@ def test_training_an_existing_model_keeps_frozen_entries(saved):
 def test_shared_dense_stays_shared():
     model = perturb(shared_dense())
     split = splitnet.split_model(model, {"shared": {"units": [0, 2]}})
-    trainable = split.get_layer("shared__trainable")
-    assert len(trainable._inbound_nodes) == 2  # one piece, called at both sites
-    assert sum(1 for layer in split.layers if layer.name.startswith("shared__")) == 2
+    layer = split.get_layer("shared")
+    assert isinstance(layer, splitnet.SplitDense)
+    assert [tuple(w.shape) for w in split.trainable_weights if w.path.startswith("shared")] == [(5, 2), (2,)]
+    x = _inputs(model)
+    assert_same_function(np.asarray(split(x)), np.asarray(model(x)))
     merged = splitnet.merge_model(split)
-    assert len(merged.get_layer("shared")._inbound_nodes) == 2
+    assert type(merged.get_layer("shared")) is keras.layers.Dense
+    assert len(merged.weights) == len(model.weights)  # still one shared layer
 
 
-def test_dense_inside_subclassed_model_is_refused():
+def test_dense_inside_subclassed_model():
+    @keras.saving.register_keras_serializable(package="tests")
     class Block(keras.Model):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
@@ -140,11 +144,14 @@ def test_dense_inside_subclassed_model_is_refused():
         def call(self, x):
             return self.inner(x)
 
-    x = keras.Input((4,))
+    x = keras.Input((4,), name="x")
     block = Block(name="block")
-    model = keras.Model(x, keras.layers.Dense(2, name="d")(block(x)))
-    with pytest.raises(splitnet.SpecError, match="freeze.block/inner: layer 'block/inner' is inside 'block', a subclassed Block"):
-        splitnet.split_model(model, {"block/inner": {"units": [0]}})
+    model = perturb(keras.Model(x, keras.layers.Dense(2, name="d")(block(x))))
+    split = splitnet.split_model(model, {"block/inner": {"units": [0]}})
+    assert isinstance(split.get_layer("block").inner, splitnet.SplitDense)
+    assert set(splitnet.frozen_masks(split)) == {"block/inner"}
+    data = _inputs(model)
+    assert_same_function(np.asarray(split(data)), np.asarray(model(data)))
 
 
 def test_nested_layer_named_without_outer_is_suggested():

@@ -1,72 +1,92 @@
-"""The registered layers: complete configs, correct values and gradients."""
+"""The split layer itself: complete config, same values and gradients as the plain layer."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from splitnet import layers
+import splitnet
+from splitnet.kinds.dense import SplitDense
 from splitnet.plan import DensePlan
 
 
-def _join(frozen, units=40):
-    plan = DensePlan("d", 3, units, True, tuple(frozen), (), False)
-    return layers.SplitJoin(plan, keras.layers.Dense(units, name="d", activation="tanh").get_config()), plan
+def _pair(frozen_units=(), frozen_rows=(), bias=False, activation="tanh", units=40, in_dim=6):
+    """A plain Dense and a SplitDense of it, with random weights."""
+    rng = np.random.default_rng(0)
+    plain = keras.layers.Dense(units, activation=activation, name="d")
+    plain.build((None, in_dim))
+    plain.set_weights([rng.normal(size=(in_dim, units)).astype("float32"), rng.normal(size=(units,)).astype("float32")])
+    plan = DensePlan(in_dim, units, True, tuple(frozen_units), tuple(frozen_rows), bias)
+    split = SplitDense.from_config({**plain.get_config(), "split": plan.get_config()})
+    split.build((None, in_dim))
+    split.assign_merged(*plain.get_weights())
+    return plain, split
+
+
+def test_get_config_round_trip():
+    _, layer = _pair((0, 5, 6), (1,))
+    config = layer.get_config()
+    assert SplitDense.from_config(config).get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is SplitDense and restored.get_config() == config
+    # The plain layer's config is all there, plus the split.
+    assert {k: v for k, v in config.items() if k != "split"} == keras.layers.Dense(40, activation="tanh", name="d").get_config()
+
+
+def test_frozen_pieces_stay_frozen_whatever_trainable_says():
+    _, layer = _pair((0, 1), (2,))
+    trainable = len(layer.trainable_weights)
+    layer.trainable = False
+    assert layer.trainable_weights == []
+    layer.trainable = True
+    assert len(layer.trainable_weights) == trainable  # the frozen pieces did not join in
+    assert all(not v.trainable for v in layer.non_trainable_weights)
 
 
 @pytest.mark.parametrize(
-    "layer",
-    [
-        layers.FrozenDense(3, name="f"),
-        layers.Bias(bias_initializer="ones", bias_regularizer="l2", name="b"),
-        layers.FrozenBias(name="fb"),
-        layers.SelectFeatures([0, 1, 2, 7], name="s"),
-        _join((0, 5, 6))[0],
-    ],
-    ids=lambda layer: type(layer).__name__,
+    "frozen_units, frozen_rows, bias",
+    [((0, 5, 6), (), False), (tuple(range(0, 40, 2)), (), False), ((39,), (1, 4), True), (tuple(range(10, 40)), (), True), ((), (0, 1, 2, 3, 4, 5), False)],
+    ids=["slices", "gather", "last-and-rows", "tail-bias", "all-rows"],
 )
-def test_get_config_round_trip(layer):
-    config = layer.get_config()
-    clone = type(layer).from_config(config)
-    assert clone.get_config() == config
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert type(restored) is type(layer) and restored.get_config() == config
+def test_values_and_gradients_match_the_plain_layer(frozen_units, frozen_rows, bias):
+    plain, split = _pair(frozen_units, frozen_rows, bias)
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(4, 6)).astype("float32"))
+    weights = tf.constant(rng.normal(size=(4, 40)).astype("float32"))
+
+    def grads(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = layer(x)
+            loss = tf.reduce_sum(out * weights)
+        return out, tape.gradient(loss, [x] + layer.trainable_weights)
+
+    out_plain, (dx_plain, dk, db) = grads(plain)
+    out_split, (dx_split, *piece_grads) = grads(split)
+    np.testing.assert_allclose(out_split, out_plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx_split, dx_plain, rtol=1e-5, atol=1e-5)
+    # Each trainable variable's gradient is the plain gradient at the entries it holds.
+    by_variable = {id(v): g for v, g in zip(split.trainable_weights, piece_grads)}
+    for kernel_mask, bias_mask, variables in split.piece_variables():
+        for variable in variables:
+            if id(variable) not in by_variable:
+                continue
+            grad = np.asarray(by_variable[id(variable)])
+            if len(variable.shape) == 1:  # a bias piece
+                np.testing.assert_allclose(grad, np.asarray(db)[bias_mask], rtol=1e-5, atol=1e-5)
+            else:
+                np.testing.assert_allclose(grad.ravel(), np.asarray(dk)[kernel_mask].ravel(), rtol=1e-5, atol=1e-5)
 
 
-def test_frozen_layers_stay_frozen():
-    for layer in (layers.FrozenDense(3), layers.FrozenBias()):
-        layer.build((None, 4))
-        layer.trainable = True
-        assert not layer.trainable and layer.trainable_weights == []
+def test_merged_weights_are_the_plain_weights_bit_for_bit():
+    plain, split = _pair((3, 4, 9), (0, 5), True)
+    for got, want in zip(split.merged_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.asarray(split.kernel), plain.get_weights()[0])
 
 
-@pytest.mark.parametrize("frozen", [(0, 5, 6), tuple(range(0, 40, 2)), (39,), tuple(range(10, 40))], ids=["slices", "gather", "last", "tail"])
-def test_join_values_and_gradient(frozen):
-    join, plan = _join(frozen)
-    rng = np.random.default_rng(0)
-    full = rng.normal(size=(4, plan.units)).astype("float32")
-    t = tf.constant(full[:, list(plan.trainable_units)])
-    f = tf.constant(full[:, list(plan.frozen_units)])
-    with tf.GradientTape() as tape:
-        tape.watch([t, f])
-        out = join([t, f])
-        weights = tf.constant(rng.normal(size=(4, plan.units)).astype("float32"))
-        loss = tf.reduce_sum(out * weights)
-    np.testing.assert_array_equal(out.numpy(), tf.tanh(full).numpy())  # join itself is exact
-    dt, df = tape.gradient(loss, [t, f])
-    # Reference: the same loss on the unsplit columns. Reordering only moves
-    # values, so the gradient pieces are exactly the reference's columns.
-    full_t = tf.constant(full)
-    with tf.GradientTape() as tape:
-        tape.watch(full_t)
-        reference = tf.reduce_sum(tf.tanh(full_t) * weights)
-    expected = tape.gradient(reference, full_t).numpy()
-    np.testing.assert_array_equal(dt.numpy(), expected[:, list(plan.trainable_units)])
-    np.testing.assert_array_equal(df.numpy(), expected[:, list(plan.frozen_units)])
-
-
-@pytest.mark.parametrize("indices", [[2, 3, 4], [0, 5, 9], list(range(0, 40, 2))])
-def test_select_features(indices):
-    x = np.arange(2 * 3 * 40, dtype="float32").reshape(2, 3, 40)
-    out = layers.SelectFeatures(indices)(x)
-    np.testing.assert_array_equal(np.asarray(out), x[..., indices])
+def test_public_name_and_repr():
+    _, layer = _pair((0,))
+    assert splitnet.SplitDense is SplitDense
+    assert repr(layer).startswith("<SplitDense name=d")
+    assert keras.saving.get_registered_name(SplitDense) == "splitnet>SplitDense"

@@ -65,19 +65,23 @@ def _plans():
     for fu, fr, bias, use_bias in itertools.product(unit_sets, row_sets, (False, True), (False, True)):
         if not fu and not fr and not bias:
             continue
-        yield DensePlan("d", in_dim, units, use_bias, fu, fr, bias and use_bias)
+        yield DensePlan(in_dim, units, use_bias, fu, fr, bias and use_bias)
+    # The consumer optimisation: rows known constant, with and without live rows left.
+    for fu, constant, bias in itertools.product([(1,), (0, 2, 4, 5)], [(0, 3), tuple(range(in_dim))], (False, True)):
+        yield DensePlan(in_dim, units, True, fu, (), bias, constant_rows=constant)
 
 
-@pytest.mark.parametrize("plan", list(_plans()), ids=lambda p: f"u{p.frozen_units}-r{p.frozen_rows}-b{int(p.bias_frozen)}{int(p.use_bias)}")
+def _ids(plan):
+    return f"u{plan.frozen_units}-r{plan.frozen_rows}-c{plan.constant_rows}-b{int(plan.bias_frozen)}{int(plan.use_bias)}"
+
+
+@pytest.mark.parametrize("plan", list(_plans()), ids=_ids)
 def test_split_and_merge_are_inverse_and_cover_each_entry_once(plan):
     rng = np.random.default_rng(0)
     kernel = rng.normal(size=(plan.in_dim, plan.units)).astype("float32")
     bias = rng.normal(size=(plan.units,)).astype("float32") if plan.use_bias else None
-    if plan.fully_frozen:
-        assert plan.pieces == () and plan.kernel_mask().all()
-        return
-    pieces = plan.split_weights(kernel, bias)
-    merged = plan.merge_weights(pieces, "float32")
+    pieces, separate = plan.split_weights(kernel, bias)
+    merged = plan.merge_weights(pieces, separate, "float32")
     np.testing.assert_array_equal(merged[0], kernel)
     if plan.use_bias:
         np.testing.assert_array_equal(merged[1], bias)
@@ -89,6 +93,8 @@ def test_split_and_merge_are_inverse_and_cover_each_entry_once(plan):
         for i, j in itertools.product(rows, piece.cols):
             counts[i, j] += 1
             frozen[i, j] = piece.frozen
+        assert piece.constant == (piece.rows is not None and set(piece.rows) <= set(plan.constant_rows) and bool(plan.constant_rows))
+        assert set(piece.cols) <= set(plan.blocks[piece.block])
     assert (counts == 1).all()
     np.testing.assert_array_equal(frozen, plan.kernel_mask())
     # The bias goes to one holder per column, frozen as the mask says.
@@ -96,19 +102,20 @@ def test_split_and_merge_are_inverse_and_cover_each_entry_once(plan):
         holder = {}
         for piece in plan.pieces:
             if piece.use_bias:
+                assert not set(piece.cols) & set(holder), "a bias entry held twice"
                 holder.update({j: piece.frozen for j in piece.cols})
-        if plan.bias_layer:
-            holder.update({j: plan.bias_layer == "frozen" for j in plan.trainable_units})
+        if plan.bias_role:
+            holder.update({j: plan.bias_role == "frozen" for j in plan.trainable_units})
         assert sorted(holder) == list(range(plan.units))
         np.testing.assert_array_equal([holder[j] for j in range(plan.units)], plan.bias_mask())
 
 
 @pytest.mark.parametrize("frozen", [(0,), (5,), (1, 2), (0, 2, 4, 5), (0, 1, 3, 4)])
 def test_join_order_restores_columns(frozen):
-    plan = DensePlan("d", 3, 6, True, frozen, (), False)
+    plan = DensePlan(3, 6, True, frozen, (), False)
     segments, perm = plan.join_order()
     columns = np.arange(6)
-    blocks = [columns[list(plan.trainable_units)], columns[list(plan.frozen_units)]]
+    blocks = [columns[list(cols)] for cols in plan.blocks]
     by_segments = np.concatenate([blocks[b][s:e] for b, s, e in segments])
     np.testing.assert_array_equal(by_segments, columns)
     np.testing.assert_array_equal(np.concatenate(blocks)[perm], columns)
@@ -118,6 +125,8 @@ def test_join_order_restores_columns(frozen):
 
 
 def test_config_round_trip():
-    plan = DensePlan("d", 7, 9, True, (0, 1, 2, 5, 8), (3, 4), True)
+    plan = DensePlan(7, 9, True, (0, 1, 2, 5, 8), (3, 4), True)
     assert DensePlan.from_config(plan.get_config()) == plan
     assert plan.get_config()["frozen_units"] == [[0, 3], [5, 6], [8, 9]]
+    refined = DensePlan(7, 9, True, (0, 8), (), False, constant_rows=(1, 2, 6))
+    assert DensePlan.from_config(refined.get_config()) == refined

@@ -7,7 +7,7 @@ import pytest
 from conftest import CASES, IN_DIM, OUT, UNITS, assert_same_function, case_params, data, make_model, perturb
 
 import splitnet
-from splitnet.layers import FrozenDense, SplitJoin
+from splitnet import SplitDense
 
 
 # Without a bias, `bias: true` is an error (test_bias_on_layer_without_bias): drop it.
@@ -92,7 +92,8 @@ def test_l2_regularizer_keeps_frozen_entries(case):
 def test_layer_frozen_whole_stays_exact():
     model = make_model()
     split = splitnet.split_model(model, {"d": {"units": "all"}})
-    assert type(split.get_layer("d")) is FrozenDense
+    layer = split.get_layer("d")
+    assert isinstance(layer, SplitDense) and layer.trainable_weights == []
     split.compile(optimizer=_optimizers()["adamw"](), loss="sparse_categorical_crossentropy")
     split.fit(*data(64), epochs=1, verbose=0)
     for old, new in zip(model.get_layer("d").get_weights(), split.get_layer("d").get_weights()):
@@ -181,7 +182,7 @@ def test_save_and_load_keeps_groups(tmp_path):
     loaded = keras.saving.load_model(path)  # default safe_mode=True: no Lambda anywhere
     x, _ = data()
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), split.predict(x, verbose=0))
-    assert isinstance(loaded.get_layer("d"), SplitJoin)
+    assert isinstance(loaded.get_layer("d"), SplitDense)
     assert loaded.get_layer("d").get_config() == split.get_layer("d").get_config()
     for key, masks in splitnet.frozen_masks(split).items():
         for kind, mask in masks.items():
@@ -197,8 +198,8 @@ def test_trainable_true_does_not_unfreeze():
     count = len(split.trainable_weights)
     split.trainable = True
     assert len(split.trainable_weights) == count
-    assert not split.get_layer("d__frozen").trainable
-    assert not split.get_layer("out").trainable
+    assert [v.name for v in split.get_layer("d").non_trainable_weights] == ["frozen_kernel", "frozen_bias"]
+    assert split.get_layer("out").trainable_weights == []
 
 
 def test_sequential_model():
@@ -245,7 +246,7 @@ def test_non_dense_layer_is_refused():
     inputs = keras.Input((IN_DIM,))
     h = keras.layers.Dense(UNITS, name="d")(inputs)
     model = keras.Model(inputs, keras.layers.Dropout(0.1, name="drop")(h))
-    with pytest.raises(splitnet.SpecError, match="freeze.drop: layer 'drop' is of type Dropout; only Dense layers"):
+    with pytest.raises(splitnet.SpecError, match="freeze.drop: layer 'drop' is of type Dropout; splitnet splits Dense layers"):
         splitnet.split_model(model, {"drop": {"units": [0]}})
 
 
@@ -257,28 +258,46 @@ def test_kernel_constraint_on_row_split_is_refused():
     splitnet.split_model(model, {"d": {"units": [0]}})
 
 
-def test_subclassed_model_is_refused():
+def test_subclassed_model():
     class Net(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.d = keras.layers.Dense(3, name="d")
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.d = keras.layers.Dense(UNITS, activation="relu", name="d")
+            self.out = keras.layers.Dense(OUT, name="out")
 
         def call(self, x):
-            return self.d(x)
+            return self.out(self.d(x))
 
-    net = Net()
-    net(np.zeros((1, 4), "float32"))
-    with pytest.raises(splitnet.ModelError, match="only Functional and Sequential"):
-        splitnet.split_model(net, {"d": {"units": [0]}})
+    net = Net(name="net")
+    x, y = data()
+    net(x)
+    perturb(net)
+    before = [w.copy() for w in net.get_layer("d").get_weights()]
+    with keras.saving.custom_object_scope({"Net": Net}):
+        split = splitnet.split_model(net, {"d": {"units": "0:10"}})
+    assert type(split) is Net and isinstance(split.d, SplitDense)
+    assert_same_function(np.asarray(split(x)), np.asarray(net(x)))
+    split.compile(optimizer=keras.optimizers.AdamW(0.01, weight_decay=0.1), loss="mse")
+    split.fit(x, np.zeros((len(x), OUT)), epochs=1, verbose=0)
+    after = splitnet.merged_weights(split)["d"]
+    np.testing.assert_array_equal(after[0][:, :10], before[0][:, :10])
+    assert (after[0][:, 10:] != before[0][:, 10:]).all()
+    merged = splitnet.merge_model(split)
+    assert type(merged) is Net and type(merged.d) is keras.layers.Dense
+    assert_same_function(np.asarray(merged(x)), np.asarray(split(x)))
 
 
 def test_masks_follow_what_actually_trains():
     split = splitnet.split_model(make_model(), {"d": {"units": "0:10"}})
-    split.get_layer("d").trainable = False  # the join holds no weights: the pieces still train
     assert not splitnet.frozen_masks(split)["d"]["kernel"][:, 10:].any()
-    split.get_layer("d__trainable").trainable = False  # now nothing of "d" trains
+    split.get_layer("d").trainable = False  # now nothing of "d" trains
     masks = splitnet.frozen_masks(split)["d"]
     assert masks["kernel"].all() and masks["bias"].all()
+    split.get_layer("d").trainable = True  # back to the plan: the frozen piece stays frozen
+    masks = splitnet.frozen_masks(split)["d"]
+    assert masks["kernel"][:, :10].all() and not masks["kernel"][:, 10:].any()
+    split.trainable = False  # a parent frozen freezes everything under it
+    assert splitnet.frozen_masks(split)["out"]["kernel"].all()
 
 
 def test_shape_dependent_initializer():
@@ -291,10 +310,13 @@ def test_shape_dependent_initializer():
     assert merged.get_layer("d").get_config() == model.get_layer("d").get_config()
 
 
-def test_a_piece_cannot_be_split_again():
+def test_a_split_layer_cannot_be_split_again_but_others_can():
     split = splitnet.split_model(make_model(), {"d": {"units": "0:10"}})
-    with pytest.raises(splitnet.SpecError, match="layer 'd__trainable' is a piece of a split layer; merge the model first"):
-        splitnet.split_model(split, {"d__trainable": {"units": [0]}})
+    with pytest.raises(splitnet.SpecError, match="freeze.d: layer 'd' is already split; merge the model first"):
+        splitnet.split_model(split, {"d": {"units": [0]}})
+    twice = splitnet.split_model(split, {"out": {"units": [0]}})
+    assert set(splitnet.frozen_masks(twice)) == {"d", "out"}
+    np.testing.assert_array_equal(splitnet.frozen_masks(twice)["d"]["kernel"], splitnet.frozen_masks(split)["d"]["kernel"])
 
 
 def _stack(depth, width=24):
@@ -305,53 +327,60 @@ def _stack(depth, width=24):
     return perturb(keras.Model(inputs, h, name="stack"))
 
 
-def test_consumer_reads_producer_blocks_when_the_frozen_block_feeds_nothing_trainable():
+def test_consumer_cuts_the_gradient_of_constant_inputs():
     model = _stack(3)
     freeze = {f"l{i}": {"units": [0, 3, 4, 9, 17]} for i in range(3)}
     split = splitnet.split_model(model, freeze)
-    names = {layer.name for layer in split.layers}
-    # l0's input is the data: l1 splits its rows along l0's blocks.
-    assert {"l1__trainable_from0", "l1__trainable_from1", "l1__frozen_from0", "l1__frozen_from1"} <= names
-    # l1's input depends on l0's trainable weights: l2 must keep the full input gradient.
-    assert not any(name.startswith("l2__") and "_from" in name for name in names)
-    assert isinstance(split.get_layer("l0"), SplitJoin)  # the producer's join stays, for merge
+    # l0 reads the data, so its frozen units are constants for l1.
+    assert split.get_layer("l1").plan.constant_rows == (0, 3, 4, 9, 17)
+    # l1's frozen units depend on l0's trainable weights: l2 must keep the full input gradient.
+    assert split.get_layer("l2").plan.constant_rows == ()
+    assert split.get_layer("l0").plan.constant_rows == ()
+    # Structure only: what is frozen is what the rules say.
+    for name in ("l0", "l1", "l2"):
+        assert splitnet.frozen_masks(split)[name]["kernel"].sum() == 5 * 24
 
 
-def test_consumer_row_split_keeps_gradients_and_merges_back(tmp_path):
+def test_consumer_gradients_match_the_plain_model_and_merge_back(tmp_path):
     model = _stack(2)
     freeze = {"l0": {"units": "0:16"}, "l1": {"units": [1, 2], "bias": True}}
     split = splitnet.split_model(model, freeze)
-    assert split.get_layer("l1").plan.input_blocks == (tuple(range(16, 24)), tuple(range(16)))
+    assert split.get_layer("l1").plan.constant_rows == tuple(range(16))
     x, _ = data(16, input_shape=(24,))
     y = np.random.default_rng(3).normal(size=(16, 24)).astype("float32")
     assert_same_function(split.predict(x, verbose=0), model.predict(x, verbose=0))
 
-    def grads(m):
+    def kernel_grads(m):
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.square(m(x, training=True) - y))
-        return dict(zip((v.path for v in m.trainable_variables), tape.gradient(loss, m.trainable_variables)))
+        grads = tape.gradient(loss, m.trainable_variables)
+        return {id(v): np.asarray(g) for v, g in zip(m.trainable_variables, grads)}
 
-    # Every trainable entry gets the unsplit model's gradient.
-    full, parts = grads(model), grads(split)
-    masks = splitnet.frozen_masks(split)
-    for layer in ("l0", "l1"):
-        plan = split.get_layer(layer).plan
-        pieces = {role: [np.asarray(parts[w.path]) for w in split.get_layer(plan.layer_name(role)).trainable_weights]
-                  for role in plan.layer_roles() if split.get_layer(plan.layer_name(role)).trainable_weights}
-        filled = dict(pieces)
-        for piece in plan.pieces:  # frozen pieces have no gradient: fill with zeros
-            if piece.role not in filled:
-                rows = plan.in_dim if piece.rows is None else len(piece.rows)
-                filled[piece.role] = [np.zeros((rows, len(piece.cols)), "float32")] + (
-                    [np.zeros(len(piece.cols), "float32")] if piece.use_bias else []
-                )
-        if plan.bias_layer and "bias" not in filled:
-            filled["bias"] = [np.zeros(len(plan.trainable_units), "float32")]
-        kernel = plan.merge_weights(filled, "float32")[0]
-        want = np.asarray(full[f"{layer}/kernel"])
-        np.testing.assert_allclose(kernel[~masks[layer]["kernel"]], want[~masks[layer]["kernel"]], rtol=1e-4, atol=1e-6)
+    full, parts = kernel_grads(model), kernel_grads(split)
+    for name in ("l0", "l1"):
+        want = full[id(model.get_layer(name)._kernel)]
+        layer = split.get_layer(name)
+        for kernel_mask, _, variables in layer.piece_variables():
+            if id(variables[0]) in parts:  # a trainable kernel piece
+                np.testing.assert_allclose(parts[id(variables[0])].ravel(), want[kernel_mask].ravel(), rtol=1e-4, atol=1e-6)
 
     split.save(tmp_path / "s.keras")
-    merged = splitnet.merge_model(keras.saving.load_model(tmp_path / "s.keras"))
+    merged = splitnet.merge_model(splitnet.load_model(tmp_path / "s.keras"))
     assert [layer.get_config() for layer in merged.layers] == [layer.get_config() for layer in model.layers]
     assert_same_function(merged.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_consumer_optimisation_is_dropped_when_its_plan_would_be_refused():
+    # A MaxNorm on l1's kernel is fine for a unit split, but not for the row
+    # pieces the optimisation would add: the optimisation must step aside.
+    inputs = keras.Input((24,), name="x")
+    h = keras.layers.Dense(24, activation="relu", name="l0")(inputs)
+    out = keras.layers.Dense(8, name="l1", kernel_constraint=keras.constraints.MaxNorm(0.5))(h)
+    model = perturb(keras.Model(inputs, out))
+    split = splitnet.split_model(model, {"l0": {"units": "0:12"}, "l1": {"units": [0]}})
+    assert split.get_layer("l1").plan.constant_rows == ()
+    split.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    x, _ = data(64, input_shape=(24,))
+    split.fit(x, np.full((64, 8), 5.0, "float32"), epochs=3, verbose=0)
+    kernel = splitnet.merged_weights(split)["l1"][0]
+    assert np.linalg.norm(kernel[:, 1:], axis=0).max() <= 0.5 + 1e-6  # the constraint kept its meaning

@@ -1,0 +1,164 @@
+"""Every use of private Keras API in splitnet, in one place.
+
+Each function says which public API is missing. `check()` touches all of
+them on a tiny model, so a Keras upgrade that removes one fails one test
+(tests/test_compat.py) with a message naming it, instead of failing
+somewhere deep inside a split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import zipfile
+
+import keras
+
+# The files of a `.keras` archive (Keras' saving_lib names them; no public constants).
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+OPTIMIZER_GROUP = "optimizer/vars"  # where `Optimizer.save_own_variables` lands in WEIGHTS_FILE
+
+
+def sublayers(layer):
+    """The layers `layer` holds directly (attributes, lists, a Functional graph).
+
+    Public API covers `Model.layers` only; a plain `Layer` (keras-hub's
+    `TransformerEncoder`, Keras' `MultiHeadAttention`) has no public list of
+    its sub-layers.
+    """
+    if isinstance(layer, keras.Model):
+        return list(layer.layers)
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+@contextlib.contextmanager
+def unlocked(layer):
+    """Allow `add_weight` on a built layer (no public API; Keras' own
+    `Dense.enable_lora` and `quantize` unlock the same tracker)."""
+    layer._tracker.unlock()
+    try:
+        yield
+    finally:
+        layer._tracker.lock()
+
+
+def forget_variable(layer, attribute):
+    """Stop tracking the variable held in `layer.<attribute>` and drop the attribute.
+
+    `del layer.attr` does the same publicly but runs `gc.collect()` each
+    time (seconds for a model with many layers).
+    """
+    value = layer.__dict__.pop(attribute, None)
+    if isinstance(value, keras.Variable):
+        layer._untrack_variable(value)
+
+
+def call_sites(layer):
+    """`[(input tensors, output tensors)]` of each call of `layer` in a Functional graph.
+
+    Keras keeps the graph in private `Node` objects; there is no public way
+    to ask which tensors a layer was called on.
+    """
+    return [(list(node.input_tensors), list(node.output_tensors)) for node in layer._inbound_nodes]
+
+
+def producer(tensor):
+    """`(operation, input tensors of that call)` that made a symbolic tensor, or `(None, [])`
+    for a model input (private `_keras_history`)."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None or history.operation is None:
+        return None, []
+    node = history.operation._inbound_nodes[history.node_index]
+    return (None, []) if node.is_input else (history.operation, list(node.input_tensors))
+
+
+# --------------------------------------------------------------------------
+# `.keras` archives. A split layer writes a note (JSON bytes as a uint8 array)
+# beside its variables; these read and strip them with h5py (Keras' own
+# dependency) because Keras has no public API to walk a weights file.
+
+
+def _weights(archive, mode="r"):
+    import h5py
+
+    return h5py.File(archive, mode)
+
+
+def read_notes(path, name):
+    """Every dataset called `name` in the archive's weights file, decoded as JSON."""
+    with zipfile.ZipFile(path) as zf:
+        if WEIGHTS_FILE not in zf.namelist():
+            return []
+        notes = []
+        with _weights(io.BytesIO(zf.read(WEIGHTS_FILE))) as h5:
+
+            def visit(item_name, item):
+                if item_name.rsplit("/", 1)[-1] == name and hasattr(item, "shape"):
+                    notes.append(json.loads(bytes(item[()]).decode("utf-8")))
+
+            h5.visititems(visit)
+        return notes
+
+
+def read_optimizer_variables(path):
+    """The optimizer's saved variables, in order, or None when the archive has none."""
+    with zipfile.ZipFile(path) as zf:
+        with _weights(io.BytesIO(zf.read(WEIGHTS_FILE))) as h5:
+            if OPTIMIZER_GROUP not in h5:
+                return None
+            group = h5[OPTIMIZER_GROUP]
+            return [group[str(i)][()] for i in range(len(group))]
+
+
+def rewrite_archive(src, dst, *, config=None, drop=()):
+    """Copy a `.keras` archive, changing its config and dropping datasets.
+
+    Args:
+        src, dst: Archive paths.
+        config: `fn(dict) -> dict` applied to the model config, or None.
+        drop: Dataset names to delete wherever they are in the weights file.
+    """
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename == CONFIG_FILE and config is not None:
+                data = json.dumps(config(json.loads(data))).encode("utf-8")
+            elif info.filename == WEIGHTS_FILE and drop:
+                buffer = io.BytesIO(data)
+                with _weights(buffer, "r+") as h5:
+                    found = []
+                    h5.visititems(lambda n, item: found.append(n) if n.rsplit("/", 1)[-1] in drop else None)
+                    for item_name in found:
+                        del h5[item_name]
+                data = buffer.getvalue()
+            zout.writestr(info, data)
+
+
+def check():
+    """Touch every private attribute used above; raise naming the first one missing."""
+    inputs = keras.Input((2,))
+    dense = keras.layers.Dense(2)
+    model = keras.Model(inputs, dense(inputs))
+    mha = keras.layers.MultiHeadAttention(1, 2)
+    needs = {
+        "Layer._flatten_layers": lambda: mha._flatten_layers,
+        "Layer._tracker.unlock/lock": lambda: (dense._tracker.unlock, dense._tracker.lock),
+        "Layer._untrack_variable": lambda: dense._untrack_variable,
+        "Layer._inbound_nodes[].input_tensors": lambda: dense._inbound_nodes[0].input_tensors,
+        "KerasTensor._keras_history.operation/node_index": lambda: (
+            model.outputs[0]._keras_history.operation,
+            model.outputs[0]._keras_history.node_index,
+        ),
+        "Node.is_input": lambda: dense._inbound_nodes[0].is_input,
+    }
+    for name, get in needs.items():
+        try:
+            get()
+        except AttributeError as exc:
+            raise RuntimeError(
+                f"Keras {keras.__version__} no longer has {name}, which splitnet uses "
+                f"(splitnet/compat.py): {exc}"
+            ) from exc
+    del model

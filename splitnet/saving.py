@@ -1,0 +1,248 @@
+"""Saving, loading and copying split models through Keras' own `.keras` format.
+
+A split model is saved with plain `model.save` (or `ModelCheckpoint`): each
+split layer writes the plain layer's weights plus a note of its split. A
+split layer in a Functional graph is also in the model config, so
+`keras.saving.load_model` (after `import splitnet`) restores it. One held
+by a subclassed layer's Python code is not: its parent rebuilds a plain
+layer on load, and Keras refuses the note ("expected 2 variables, but
+received 3"), so such a model cannot silently come back unsplit.
+`load_model` handles both: it loads the archive without the notes, splits
+the noted layers again in place, and restores the optimizer state.
+
+Copies (what `split_model` and `merge_model` return) go through the same
+format, so they keep everything Keras saves: the model's class (keras-hub's
+`BertTextClassifier` stays one, with its preprocessor and vocabulary),
+layer and input names, configs, and compile settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from splitnet import compat, kinds, tree
+from splitnet.errors import ModelError
+
+
+def load_model(path, compile=True, safe_mode=True, custom_objects=None):
+    """Load a `.keras` model, split layers and optimizer state included.
+
+    Args:
+        path: A `.keras` file saved by `model.save` (or `ModelCheckpoint`),
+            split or not.
+        compile: Restore the compile settings and the optimizer state.
+        safe_mode: Keras' `safe_mode` (True refuses `Lambda` layers).
+        custom_objects: As for `keras.saving.load_model`.
+
+    Returns:
+        The model, with every layer that was split when it was saved split
+        again (bit-identical values) and, with `compile`, its optimizer
+        state, so training resumes where it stopped.
+
+    Example:
+        >>> model = splitnet.load_model("checkpoint.keras")  # doctest: +SKIP
+        >>> model.fit(x, y)  # doctest: +SKIP
+    """
+    notes = [note for kind in kinds.KINDS for note in compat.read_notes(path, kind.note)]
+    if not notes:
+        return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode, custom_objects=custom_objects)
+    with _scratch() as folder:
+        plain = folder / "plain.keras"
+        compat.rewrite_archive(path, plain, drop={kind.note for kind in kinds.KINDS})
+        with warnings.catch_warnings():
+            # The optimizer's saved state fits the split model, restored below.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model = keras.saving.load_model(plain, compile=compile, safe_mode=safe_mode, custom_objects=custom_objects)
+    if install_noted(model, notes) and compile and getattr(model, "optimizer", None) is not None:
+        _restore_optimizer(model, compat.read_optimizer_variables(path), path)
+    return model
+
+
+def install_noted(model, notes):
+    """Split again the noted layers that the model config did not restore; True if any."""
+    installed = False
+    for note in notes:
+        kind = kinds.by_name(note["kind"])
+        layer = tree.find(model, note["key"] or "")
+        if layer is None:
+            raise ModelError(f"the saved model has a split layer {note['key']!r} that its loaded form lacks")
+        if isinstance(layer, kind.split):
+            continue  # restored from the model config
+        kind.install(layer, kind.plan_from_note(note), note["key"])
+        installed = True
+    return installed
+
+
+def _restore_optimizer(model, saved, path):
+    """A fresh optimizer for the split variables, filled with the saved state."""
+    model.compile_from_config(model.get_compile_config())
+    model.optimizer.build(model.trainable_variables)
+    if saved is None:
+        return
+    if len(saved) != len(model.optimizer.variables):
+        raise ModelError(
+            f"{path}: the saved optimizer has {len(saved)} variables but the split model needs "
+            f"{len(model.optimizer.variables)}; was it saved by another version of splitnet?"
+        )
+    model.optimizer.load_own_variables({str(i): value for i, value in enumerate(saved)})
+
+
+@contextlib.contextmanager
+def _scratch():
+    with tempfile.TemporaryDirectory(prefix="splitnet-") as folder:
+        yield Path(folder)
+
+
+def _classes(model):
+    """`{class name: class}` of the user's own classes in the model, so a copy needs no registration."""
+    classes = {}
+    for layer in [model] + [layer for _, layer in tree.walk(model)]:
+        cls = type(layer)
+        if not cls.__module__.startswith(("keras", "splitnet")):  # Keras' and keras-hub's are registered
+            classes.setdefault(cls.__name__, cls)
+    return classes
+
+
+def _save(model, path):
+    try:
+        model.save(path)
+    except Exception as exc:  # noqa: BLE001 - Keras' reason, with the model's name
+        raise ModelError(f"cannot copy model {model.name!r}: Keras cannot save it: {_first_line(exc)}") from exc
+
+
+def _load_copy(model, path, compile):
+    """The model loaded back from `path`, or None when Keras cannot load its weights back."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Skipping nested container")
+            # The model is the caller's own object, not a file from elsewhere:
+            # nothing untrusted is deserialized, so Lambda layers may be copied.
+            return keras.saving.load_model(path, compile=compile, safe_mode=False, custom_objects=_classes(model))
+    except ValueError as exc:
+        if "could not be loaded" in str(exc):
+            return None  # Keras' known gap: see `_copy_in_memory`
+        raise ModelError(f"cannot copy model {model.name!r}: Keras cannot load it back: {_first_line(exc)}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"cannot copy model {model.name!r}: Keras cannot load it back: {_first_line(exc)}") from exc
+
+
+def _first_line(exc):
+    text = " ".join(str(exc).split("\n")[:1]).strip()
+    return text or type(exc).__name__
+
+
+def _keep_names(original, copy):
+    """Give the copy's layers the original names where Keras' round trip changed them.
+
+    A custom layer whose `get_config` leaves out `name` comes back with a new
+    one (`transformer_block` -> `transformer_block_1`).
+    """
+    for (_, a), (_, b) in zip(tree.walk(original), tree.walk(copy)):
+        if type(a) is type(b) and a.name != b.name:
+            b.name = a.name
+
+
+def copy_model(model, compile=True):
+    """An independent copy of `model` (split or not): same class, names, weights, compile settings.
+
+    Example:
+        >>> twin = copy_model(model)  # doctest: +SKIP
+    """
+    with _scratch() as folder:
+        path = folder / "model.keras"
+        _save(model, path)
+        notes = [note for kind in kinds.KINDS for note in compat.read_notes(path, kind.note)]
+        if notes:
+            plain = folder / "plain.keras"
+            compat.rewrite_archive(path, plain, drop={kind.note for kind in kinds.KINDS})
+            path = plain
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            copy = _load_copy(model, path, compile)
+    if copy is None:
+        return _copy_in_memory(model, plain=False)
+    _keep_names(model, copy)
+    install_noted(copy, notes)
+    return copy
+
+
+def plain_copy(model):
+    """A copy in which every split layer is its plain layer again (what `merge_model` returns).
+
+    The saved archive already holds the plain layers' weights; only the
+    model config names the split classes, so it is rewritten to the plain
+    ones. The copy is compiled from the model's compile settings with a
+    fresh optimizer (the split one's state does not fit the plain weights).
+    """
+    with _scratch() as folder:
+        path, merged_path = folder / "split.keras", folder / "merged.keras"
+        _save(model, path)
+        compat.rewrite_archive(path, merged_path, config=_plain_config, drop={kind.note for kind in kinds.KINDS})
+        copy = _load_copy(model, merged_path, compile=False)
+    if copy is None:
+        return _copy_in_memory(model, plain=True)
+    _keep_names(model, copy)
+    if getattr(model, "compiled", False) and model.get_compile_config():
+        copy.compile_from_config(model.get_compile_config())
+    return copy
+
+
+def _plain_config(node):
+    """A model config with every serialized split layer replaced by its plain layer."""
+    if isinstance(node, dict):
+        for kind in kinds.KINDS:
+            if node.get("registered_name") == keras.saving.get_registered_name(kind.split):
+                node = kind.plain_entry(node)
+        return {k: _plain_config(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain_config(v) for v in node]
+    return node
+
+
+def _own_weights(layer):
+    """The weights a layer holds itself, not through its sub-layers, in its order."""
+    inner = {id(w) for child in compat.sublayers(layer) for w in child.weights}
+    return [w for w in layer.weights if id(w) not in inner]
+
+
+def _copy_in_memory(model, plain):
+    """The copy for models Keras can save but not load back (a layer shared between
+    a nested model and the outer graph): the config, then the weights layer by layer.
+
+    Assets (e.g. a tokenizer's vocabulary) are not carried this way; models
+    that have them load back through the archive.
+    """
+    config = keras.saving.serialize_keras_object(model)
+    if plain:
+        config = _plain_config(config)
+    try:
+        copy = keras.saving.deserialize_keras_object(config, custom_objects=_classes(model), safe_mode=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"cannot copy model {model.name!r}: {_first_line(exc)}") from exc
+    copies = dict(tree.walk(copy))
+    pairs = [(model, copy)]
+    for key, layer in tree.walk(model):
+        if key not in copies:
+            raise ModelError(f"cannot copy model {model.name!r}: layer {key!r} does not come back")
+        pairs.append((layer, copies[key]))
+        kind = kinds.split_kind_of(layer)
+        if kind is not None and not plain and not isinstance(copies[key], kind.split):
+            kind.install(copies[key], layer.plan, key)  # held by Python code: not in the config
+    for a, b in pairs:
+        kind = kinds.split_kind_of(a)
+        values = kind.merged_weights(a) if kind is not None and plain else [np.asarray(w) for w in _own_weights(a)]
+        targets = _own_weights(b)
+        if len(values) != len(targets):
+            raise ModelError(f"cannot copy model {model.name!r}: layer {a.name!r} does not come back the same")
+        for variable, value in zip(targets, values):
+            variable.assign(value)
+    if getattr(model, "compiled", False) and model.get_compile_config():
+        copy.compile_from_config(model.get_compile_config())
+    return copy
+

@@ -1,0 +1,47 @@
+"""The layer tree of a model: every layer, at any depth, named by its path.
+
+A layer is named by the names on the way to it, `outer/inner/leaf`, whether
+it sits in a Functional graph, a nested model, or is held by a subclassed
+layer's Python code (keras-hub's `transformer_layer_0/feedforward_intermediate_dense`,
+Keras' `MultiHeadAttention` `.../self_attention_layer/query`).
+"""
+
+from __future__ import annotations
+
+from splitnet import compat
+
+
+def walk(model):
+    """Yield `(key, layer)` for every layer under `model`, depth first.
+
+    A layer held in several places (a shared layer) is yielded once, under
+    the first path that reaches it.
+    """
+    seen = set()
+
+    def visit(layer, prefix):
+        for child in compat.sublayers(layer):
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            key = f"{prefix}{child.name}"
+            yield key, child
+            yield from visit(child, key + "/")
+
+    yield from visit(model, "")
+
+
+def find(model, key):
+    """The layer at path `key`, or None."""
+    layer = model
+    for part in key.split("/"):
+        matches = [child for child in compat.sublayers(layer) if child.name == part]
+        if not matches:
+            return None
+        layer = matches[0]
+    return layer
+
+
+def trainable_ids(model):
+    """Ids of the variables `fit` would train: the truth about what is frozen."""
+    return {id(v) for v in model.trainable_variables}
