@@ -15,6 +15,10 @@ import zipfile
 
 import keras
 
+# Not exported by name: the class of models built from a graph of layers
+# (`keras.Model(inputs, outputs)`), which `keras.models.clone_model` can rebuild.
+from keras.src.models.functional import Functional  # noqa: F401
+
 # The files of a `.keras` archive (Keras' saving_lib names them; no public constants).
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"

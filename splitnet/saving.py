@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from splitnet import compat, kinds, tree
+from splitnet.compat import Functional
 from splitnet.errors import ModelError
 
 
@@ -68,8 +69,10 @@ def install_noted(model, notes):
     """Split again the noted layers that the model config did not restore; True if any."""
     installed = False
     for note in notes:
+        if note["key"] is None:
+            continue  # made from the model config, so restored from it
         kind = kinds.by_name(note["kind"])
-        layer = tree.find(model, note["key"] or "")
+        layer = tree.find(model, note["key"])
         if layer is None:
             raise ModelError(f"the saved model has a split layer {note['key']!r} that its loaded form lacks")
         if isinstance(layer, kind.split):
@@ -213,22 +216,36 @@ def _own_weights(layer):
 
 def _copy_in_memory(model, plain):
     """The copy for models Keras can save but not load back (a layer shared between
-    a nested model and the outer graph): the config, then the weights layer by layer.
+    a nested model and the outer graph): `keras.models.clone_model`, one clone per
+    layer object so shared layers stay shared, then the weights layer by layer.
 
-    Assets (e.g. a tokenizer's vocabulary) are not carried this way; models
-    that have them load back through the archive.
+    This path keeps layer names but not a Functional subclass's class, nor
+    assets (e.g. a tokenizer's vocabulary); models that have those load back
+    through the archive.
     """
-    config = keras.saving.serialize_keras_object(model)
-    if plain:
-        config = _plain_config(config)
+    clones = {}
+
+    def clone_function(layer):
+        if id(layer) not in clones:
+            kind = kinds.split_kind_of(layer)
+            if isinstance(layer, (Functional, keras.Sequential)):
+                clones[id(layer)] = keras.models.clone_model(layer, clone_function=clone_function)
+            elif kind is not None and plain:
+                clones[id(layer)] = kind.plain.from_config(kind.plain_entry({"config": layer.get_config()})["config"])
+            else:
+                clones[id(layer)] = layer.__class__.from_config(layer.get_config())
+        return clones[id(layer)]
+
     try:
-        copy = keras.saving.deserialize_keras_object(config, custom_objects=_classes(model), safe_mode=False)
+        copy = clone_function(model)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"cannot copy model {model.name!r}: {_first_line(exc)}") from exc
     copies = dict(tree.walk(copy))
     pairs = [(model, copy)]
     for key, layer in tree.walk(model):
         if key not in copies:
+            if not layer.weights:
+                continue  # e.g. an InputLayer, which clone_model names anew
             raise ModelError(f"cannot copy model {model.name!r}: layer {key!r} does not come back")
         pairs.append((layer, copies[key]))
         kind = kinds.split_kind_of(layer)
