@@ -14,6 +14,7 @@ import json
 import zipfile
 
 import keras
+import numpy as np
 
 # Not exported by name: the class of models built from a graph of layers
 # (`keras.Model(inputs, outputs)`), which `keras.models.clone_model` can rebuild.
@@ -90,20 +91,60 @@ def _weights(archive, mode="r"):
     return h5py.File(archive, mode)
 
 
+def _find(h5, name):
+    """`[(group path, value)]` of every dataset called `name` in an open weights file."""
+    found = []
+
+    def visit(item_name, item):
+        if item_name.rsplit("/", 1)[-1] == name and hasattr(item, "shape"):
+            found.append((item_name.rsplit("/", 1)[0] if "/" in item_name else "", item[()]))
+
+    h5.visititems(visit)
+    return found
+
+
 def read_notes(path, name):
-    """Every dataset called `name` in the archive's weights file, decoded as JSON."""
+    """`[(group path, note)]`: every dataset called `name` in the archive's weights file,
+    decoded as JSON, with the path of the layer that wrote it."""
     with zipfile.ZipFile(path) as zf:
         if WEIGHTS_FILE not in zf.namelist():
             return []
-        notes = []
         with _weights(io.BytesIO(zf.read(WEIGHTS_FILE))) as h5:
+            return [(group, json.loads(bytes(value).decode("utf-8"))) for group, value in _find(h5, name)]
 
-            def visit(item_name, item):
-                if item_name.rsplit("/", 1)[-1] == name and hasattr(item, "shape"):
-                    notes.append(json.loads(bytes(item[()]).decode("utf-8")))
 
-            h5.visititems(visit)
-        return notes
+def weight_paths(model, layers, folder):
+    """`{group path in a weights file: layer}` for `layers` of `model`, as Keras' own saving names them.
+
+    Keras files each layer's weights under a path it derives while walking
+    the model (attribute names, class names, counters); there is no public
+    way to ask for it. So each layer is given a subclass, under the same
+    class name, that writes a marker instead of its weights, and Keras
+    writes a weights file: the markers land where the layers' weights would.
+    """
+    marker = "splitnet_marker"
+    originals = [type(layer) for layer in layers]
+    try:
+        for i, layer in enumerate(layers):
+            cls = type(layer)
+
+            def save_own_variables(self, store, _i=i):
+                store[marker] = np.array([_i])
+
+            layer.__class__ = type(cls.__name__, (cls,), {"save_own_variables": save_own_variables})
+        path = f"{folder}/markers.weights.h5"
+        model.save_weights(path)
+    finally:
+        for layer, cls in zip(layers, originals):
+            layer.__class__ = cls
+    with _weights(path) as h5:
+        return {group: layers[int(value[0])] for group, value in _find(h5, marker)}
+
+
+def read_config(path):
+    """The archive's `config.json` as a dict."""
+    with zipfile.ZipFile(path) as zf:
+        return json.loads(zf.read(CONFIG_FILE))
 
 
 def read_optimizer_variables(path):

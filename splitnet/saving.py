@@ -44,47 +44,72 @@ def load_model(path, compile=True, safe_mode=True, custom_objects=None):
     Returns:
         The model, with every layer that was split when it was saved split
         again (bit-identical values) and, with `compile`, its optimizer
-        state, so training resumes where it stopped.
+        state, so training resumes where it stopped. A model whose split
+        layers all sit in its graph loads exactly as `keras.saving.load_model`
+        loads it.
 
     Example:
         >>> model = splitnet.load_model("checkpoint.keras")  # doctest: +SKIP
         >>> model.fit(x, y)  # doctest: +SKIP
     """
-    notes = [note for kind in kinds.KINDS for note in compat.read_notes(path, kind.note)]
-    if not notes:
+    notes = [found for kind in kinds.KINDS for found in compat.read_notes(path, kind.note)]
+    if len(notes) <= _split_entries(compat.read_config(path)):  # every split layer is in the config
         return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode, custom_objects=custom_objects)
     with _scratch() as folder:
         plain = folder / "plain.keras"
         compat.rewrite_archive(path, plain, drop={kind.note for kind in kinds.KINDS})
         with warnings.catch_warnings():
-            # The optimizer's saved state fits the split model, restored below.
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            model = keras.saving.load_model(plain, compile=compile, safe_mode=safe_mode, custom_objects=custom_objects)
-    if install_noted(model, notes) and compile and getattr(model, "optimizer", None) is not None:
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")  # restored below
+            model = keras.saving.load_model(plain, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
+        _install_noted(model, notes, folder)
+    compile_config = compat.read_config(path).get("compile_config")
+    if compile and compile_config:
+        _compile(model, compile_config)
         _restore_optimizer(model, compat.read_optimizer_variables(path), path)
     return model
 
 
-def install_noted(model, notes):
-    """Split again the noted layers that the model config did not restore; True if any."""
-    installed = False
-    for note in notes:
-        if note["key"] is None:
-            continue  # made from the model config, so restored from it
-        kind = kinds.by_name(note["kind"])
-        layer = tree.find(model, note["key"])
+def _install_noted(model, notes, folder):
+    """Split again the noted layers that the model config did not restore.
+
+    A note sits where its layer's weights sit in the file, which is how the
+    layer is found again: names are no guide (a layer made in a parent's
+    Python code may get a new automatic name on every load).
+    """
+    candidates = [layer for _, layer in tree.walk(model) if kinds.kind_of(layer) or kinds.split_kind_of(layer)]
+    located = compat.weight_paths(model, candidates, folder)
+    for group, note in notes:
+        layer, kind = located.get(group), kinds.by_name(note["kind"])
         if layer is None:
             raise ModelError(f"the saved model has a split layer {note['key']!r} that its loaded form lacks")
-        if isinstance(layer, kind.split):
-            continue  # restored from the model config
-        kind.install(layer, kind.plan_from_note(note), note["key"])
-        installed = True
-    return installed
+        if not isinstance(layer, kind.split):  # else: restored from the model config
+            kind.install(layer, kind.plan_from_note(note), note["key"])
+
+
+def _split_entries(config):
+    """How many split layers a model config describes (each is saved once, shared or not)."""
+    if isinstance(config, dict):
+        names = {keras.saving.get_registered_name(kind.split) for kind in kinds.KINDS}
+        return int(config.get("registered_name") in names) + sum(_split_entries(v) for v in config.values())
+    if isinstance(config, list):
+        return sum(_split_entries(v) for v in config)
+    return 0
+
+
+def _compile(model, compile_config):
+    """`compile` with saved settings, as `Model.compile_from_config` does, also for
+    models whose `compile` is their own (keras-hub tasks), which Keras skips."""
+    model.compile(**keras.saving.deserialize_keras_object(compile_config))
+
+
+def _recompile(copy, original):
+    """Compile `copy` as `original` is compiled, with a fresh optimizer."""
+    if getattr(original, "compiled", False) and original.get_compile_config():
+        _compile(copy, original.get_compile_config())
 
 
 def _restore_optimizer(model, saved, path):
-    """A fresh optimizer for the split variables, filled with the saved state."""
-    model.compile_from_config(model.get_compile_config())
+    """Build the optimizer for the split variables and fill it with the saved state."""
     model.optimizer.build(model.trainable_variables)
     if saved is None:
         return
@@ -119,14 +144,17 @@ def _save(model, path):
         raise ModelError(f"cannot copy model {model.name!r}: Keras cannot save it: {_first_line(exc)}") from exc
 
 
-def _load_copy(model, path, compile):
+def _load_copy(model, path):
     """The model loaded back from `path`, or None when Keras cannot load its weights back."""
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Skipping nested container")
+            # A model that compiles itself (keras-hub tasks) has an optimizer
+            # now, which cannot take the saved state; `_recompile` replaces it.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             # The model is the caller's own object, not a file from elsewhere:
             # nothing untrusted is deserialized, so Lambda layers may be copied.
-            return keras.saving.load_model(path, compile=compile, safe_mode=False, custom_objects=_classes(model))
+            return keras.saving.load_model(path, compile=False, safe_mode=False, custom_objects=_classes(model))
     except ValueError as exc:
         if "could not be loaded" in str(exc):
             return None  # Keras' known gap: see `_copy_in_memory`
@@ -140,39 +168,43 @@ def _first_line(exc):
     return text or type(exc).__name__
 
 
-def _keep_names(original, copy):
-    """Give the copy's layers the original names where Keras' round trip changed them.
-
-    A custom layer whose `get_config` leaves out `name` comes back with a new
-    one (`transformer_block` -> `transformer_block_1`).
-    """
-    for (_, a), (_, b) in zip(tree.walk(original), tree.walk(copy)):
-        if type(a) is type(b) and a.name != b.name:
-            b.name = a.name
-
-
-def copy_model(model, compile=True):
-    """An independent copy of `model` (split or not): same class, names, weights, compile settings.
+def copy_model(model):
+    """An independent copy of `model` (split or not): same class, names, weights, compile
+    settings (with a fresh optimizer).
 
     Example:
         >>> twin = copy_model(model)  # doctest: +SKIP
     """
     with _scratch() as folder:
-        path = folder / "model.keras"
+        path, plain = folder / "model.keras", folder / "plain.keras"
         _save(model, path)
-        notes = [note for kind in kinds.KINDS for note in compat.read_notes(path, kind.note)]
-        if notes:
-            plain = folder / "plain.keras"
-            compat.rewrite_archive(path, plain, drop={kind.note for kind in kinds.KINDS})
-            path = plain
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            copy = _load_copy(model, path, compile)
+        # Layers split inside a parent's Python code are not in the config:
+        # the copy gets them plain (the notes dropped so that Keras loads
+        # them) and they are split again below, as in the original.
+        compat.rewrite_archive(path, plain, drop={kind.note for kind in kinds.KINDS})
+        copy = _load_copy(model, plain)
     if copy is None:
         return _copy_in_memory(model, plain=False)
-    _keep_names(model, copy)
-    install_noted(copy, notes)
+    for (key, layer), (_, twin) in _pairs(model, copy):
+        kind = kinds.split_kind_of(layer)
+        if kind is not None and not isinstance(twin, kind.split):
+            kind.install(twin, layer.plan, key)
+    _recompile(copy, model)
     return copy
+
+
+def _pairs(original, copy):
+    """Each layer of `original` with its twin in `copy` (same structure, so same walk order).
+
+    Also gives the twin the original's name where Keras' round trip changed
+    it: a custom layer whose `get_config` leaves out `name` comes back with
+    a new one (`transformer_block` -> `transformer_block_1`).
+    """
+    pairs = list(zip(tree.walk(original), tree.walk(copy)))
+    for (_, a), (_, b) in pairs:
+        if a.name != b.name and type(a).__name__ == type(b).__name__:
+            b.name = a.name
+    return pairs
 
 
 def plain_copy(model):
@@ -187,12 +219,11 @@ def plain_copy(model):
         path, merged_path = folder / "split.keras", folder / "merged.keras"
         _save(model, path)
         compat.rewrite_archive(path, merged_path, config=_plain_config, drop={kind.note for kind in kinds.KINDS})
-        copy = _load_copy(model, merged_path, compile=False)
+        copy = _load_copy(model, merged_path)
     if copy is None:
         return _copy_in_memory(model, plain=True)
-    _keep_names(model, copy)
-    if getattr(model, "compiled", False) and model.get_compile_config():
-        copy.compile_from_config(model.get_compile_config())
+    _pairs(model, copy)
+    _recompile(copy, model)
     return copy
 
 
@@ -259,7 +290,6 @@ def _copy_in_memory(model, plain):
             raise ModelError(f"cannot copy model {model.name!r}: layer {a.name!r} does not come back the same")
         for variable, value in zip(targets, values):
             variable.assign(value)
-    if getattr(model, "compiled", False) and model.get_compile_config():
-        copy.compile_from_config(model.get_compile_config())
+    _recompile(copy, model)
     return copy
 

@@ -137,11 +137,8 @@ def split_model(model, freeze):
     where = spec_lib.Where()
     rules = spec_lib.parse_freeze(freeze, where)
     plan_layers(model, rules, where)  # refuse a bad spec before copying anything
-    copy = saving.copy_model(model)
-    split_in_place(copy, rules, where)
-    if getattr(copy, "compiled", False) and copy.get_compile_config():
-        copy.compile_from_config(copy.get_compile_config())  # an optimizer for the split variables
-    return copy
+    copy = saving.copy_model(model)  # compiled as `model` is, with a fresh optimizer
+    return split_in_place(copy, rules, where)
 
 
 def _auto_names(layer_specs):

@@ -98,7 +98,7 @@ class SplitDense(keras.layers.Dense):
 
     def _init_split(self, plan, key=None):
         self.plan = plan
-        self.split_key = key  # the layer's path in the model, for the saved note
+        self.split_key = key  # the layer's path when it was split, for messages
         self._split = _Variables()
         segments, perm = plan.join_order()
         self._segments = segments
