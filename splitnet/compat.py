@@ -33,6 +33,8 @@ def sublayers(layer):
     `TransformerEncoder`, Keras' `MultiHeadAttention`) has no public list of
     its sub-layers.
     """
+    if isinstance(layer, keras.Sequential):
+        return list(layer._layers)  # `.layers` hides its InputLayer, whose name is part of its config
     if isinstance(layer, keras.Model):
         return list(layer.layers)
     return list(layer._flatten_layers(include_self=False, recursive=False))
@@ -188,6 +190,7 @@ def check():
     model = keras.Model(inputs, dense(inputs))
     mha = keras.layers.MultiHeadAttention(1, 2)
     needs = {
+        "Sequential._layers": lambda: keras.Sequential([keras.Input((2,))])._layers,
         "Layer._flatten_layers": lambda: mha._flatten_layers,
         "Layer._tracker.unlock/lock": lambda: (dense._tracker.unlock, dense._tracker.lock),
         "Layer._untrack_variable": lambda: dense._untrack_variable,

@@ -84,6 +84,20 @@ def _install_noted(model, notes, folder):
             raise ModelError(f"the saved model has a split layer {note['key']!r} that its loaded form lacks")
         if not isinstance(layer, kind.split):  # else: restored from the model config
             kind.install(layer, kind.plan_from_note(note), note["key"])
+        _rename_along(model, layer, note["key"])
+
+
+def _rename_along(model, layer, key):
+    """Give the layer and its parents the names they had when it was split.
+
+    Keras names a layer made in a parent's Python code anew on each load
+    (`dense` -> `dense_6`), and a layer whose config leaves out `name` too;
+    the split's path is what the rules, masks and `verify` refer to.
+    """
+    layers, names = tree.chain(model, layer), (key or "").split("/")
+    if layers is not None and len(layers) == len(names):
+        for each, name in zip(layers, names):
+            each.name = name
 
 
 def _split_entries(config):
@@ -164,8 +178,10 @@ def _load_copy(model, path):
 
 
 def _first_line(exc):
-    text = " ".join(str(exc).split("\n")[:1]).strip()
-    return text or type(exc).__name__
+    """The line that says what went wrong (for Keras' nested deserialization errors, the innermost)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    causes = [line[len("Exception encountered:"):].strip() for line in lines if line.startswith("Exception encountered:")]
+    return (causes or lines or [type(exc).__name__])[-1 if causes else 0]
 
 
 def copy_model(model):

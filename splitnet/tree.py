@@ -42,6 +42,24 @@ def find(model, key):
     return layer
 
 
+def chain(model, target):
+    """The layers from the top of `model` down to `target` (included), or None."""
+
+    def visit(layer, seen):
+        for child in compat.sublayers(layer):
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            if child is target:
+                return [child]
+            below = visit(child, seen)
+            if below is not None:
+                return [child] + below
+        return None
+
+    return visit(model, set())
+
+
 def trainable_ids(model):
     """Ids of the variables `fit` would train: the truth about what is frozen."""
     return {id(v) for v in model.trainable_variables}
