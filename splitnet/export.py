@@ -30,7 +30,15 @@ def probe_inputs(model, batch=16, seed=0):
             return rng.normal(size=shape).astype(dtype)
         return np.ones(shape, dtype=dtype)
 
-    return keras.tree.map_structure(make, model.input)
+    return keras.tree.map_structure(make, input_structure(model))
+
+
+def input_structure(model):
+    """The model's symbolic inputs as it takes them: a dict, a list, or one tensor."""
+    try:
+        return model.input  # Functional models keep the structure they were built with
+    except (AttributeError, ValueError):  # a Sequential model never called on a tensor
+        return model.inputs[0] if len(model.inputs) == 1 else list(model.inputs)
 
 
 def max_difference(a, b):

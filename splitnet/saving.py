@@ -94,7 +94,9 @@ def _rename_along(model, layer, key):
     (`dense` -> `dense_6`), and a layer whose config leaves out `name` too;
     the split's path is what the rules, masks and `verify` refer to.
     """
-    layers, names = tree.chain(model, layer), (key or "").split("/")
+    if not key:
+        return  # made from the model config, which has its name
+    layers, names = tree.chain(model, layer), key.split("/")
     if layers is not None and len(layers) == len(names):
         for each, name in zip(layers, names):
             each.name = name

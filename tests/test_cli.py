@@ -1,6 +1,7 @@
 """The splitnet command, end to end: CliRunner for most, real subprocesses for some."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -247,3 +248,47 @@ def test_runs_is_a_file(tmp_path, monkeypatch):
     result = invoke("run", QUICKSTART, "--epochs", 1)
     assert result.exit_code == 2
     assert errors(result) == "splitnet: error: runs exists but is not a folder; give the output folder with -o"
+
+
+@keras.saving.register_keras_serializable(package="tests_cli")
+class FeedForward(keras.layers.Layer):
+    """A subclassed block whose Dense layers only its Python code calls."""
+
+    def __init__(self, hidden, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = hidden
+        self.inner = keras.layers.Dense(hidden, activation="relu", name="inner")
+        self.outer = keras.layers.Dense(6, name="outer")
+
+    def build(self, input_shape):
+        self.inner.build(input_shape)
+        self.outer.build(tuple(input_shape[:-1]) + (self.hidden,))
+
+    def call(self, x):
+        return x + self.outer(self.inner(x))
+
+    def get_config(self):
+        return {**super().get_config(), "hidden": self.hidden}
+
+
+def test_commands_on_a_layer_inside_a_layer(tmp_path):
+    inputs = keras.Input((6,), name="x")
+    h = FeedForward(16, name="block")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="head")(h), name="blocky")
+    model.save(tmp_path / "base.keras")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("base: base.keras\nfreeze:\n  block/inner: {units: '0:8'}\n  head: {units: [0]}\ntrain: {epochs: 2}\n")
+    assert invoke("build", spec, "-o", tmp_path / "split.keras").exit_code == 0
+    table = invoke("inspect", tmp_path / "split.keras")
+    assert re.search(r"^block/inner +split +6x16 +0:8 ", table.output, re.M), table.output
+    trained = invoke("train", tmp_path / "split.keras", "--epochs", 1, "-o", tmp_path / "trained.keras")
+    assert trained.exit_code == 0, trained.output
+    verified = invoke("verify", tmp_path / "split.keras", tmp_path / "trained.keras")
+    assert verified.exit_code == 0 and verified.output.startswith("OK: all 63 frozen entries are bit-identical")
+    assert invoke("merge", tmp_path / "trained.keras", "-o", tmp_path / "merged.keras").exit_code == 0
+    merged = keras.saving.load_model(tmp_path / "merged.keras")
+    assert type(merged.get_layer("block").inner) is keras.layers.Dense
+    assert invoke("export", tmp_path / "trained.keras", "-o", tmp_path / "export").exit_code == 0
+    report = invoke("run", spec, "-o", tmp_path / "run")
+    assert report.exit_code == 0, report.output
+    assert "all bit-identical after training (checked)" in report.output

@@ -8,6 +8,7 @@ import pytest
 from conftest import assert_same_function, perturb
 
 import splitnet
+from splitnet.export import input_structure
 
 
 def multi_input_branched():
@@ -48,25 +49,72 @@ def sequential():
     )
 
 
+def slicing():
+    # A non-layer operation (GetItem) between two Dense layers.
+    x = keras.Input((4, 6), name="x")
+    h = keras.layers.Dense(8, name="g")(x)[:, 0, :]
+    return keras.Model(x, keras.layers.Dense(3, name="h")(h), name="slicing")
+
+
+def tensor_ops():
+    # keras.ops calls and arithmetic on tensors in the graph.
+    x = keras.Input((6,), name="x")
+    h = keras.layers.Dense(5, name="g")(keras.ops.relu(x) * 2.0)
+    return keras.Model(x, keras.layers.Dense(2, name="h")(keras.ops.tanh(h) + 1.0), name="ops")
+
+
+def masked_sequence():
+    # A mask from Embedding(mask_zero=True) flows through the split Dense into an LSTM.
+    x = keras.Input((5,), dtype="int32", name="tokens")
+    e = keras.layers.Embedding(10, 4, mask_zero=True, name="embed")(x)
+    d = keras.layers.Dense(6, name="d")(e)
+    return keras.Model(x, keras.layers.LSTM(3, name="lstm")(d), name="masked")
+
+
+def masking_layer():
+    x = keras.Input((5, 3), name="x")
+    d = keras.layers.Dense(6, name="d")(keras.layers.Masking(name="mask")(x))
+    return keras.Model(x, keras.layers.LSTM(3, name="lstm")(d), name="masking")
+
+
+def dict_io():
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    h = keras.layers.Concatenate(name="cat")([a, b])
+    outputs = {"y": keras.layers.Dense(2, name="y")(h), "z": keras.layers.Dense(1, name="z")(a)}
+    return keras.Model({"a": a, "b": b}, outputs, name="dict_io")
+
+
 MODELS = {
     "multi": (multi_input_branched, {"da": {"units": [0, 1]}, "o1": {"rows": "0:4"}, "db": {"units": "all"}, "branch": {"units": [4]}}),
     "nested": (nested_functional, {"inner/inner_d": {"units": [1, 3]}, "head": {"units": [0]}}),
     "nested-sequential": (nested_sequential, {"seq/s2": {"units": [0], "rows": [4]}}),
     "shared": (shared_dense, {"shared": {"units": [0, 2]}}),
     "sequential": (sequential, {"d1": {"units": "3:6"}, "d2": {"rows": [0, 8]}}),
+    "slicing": (slicing, {"g": {"units": [0, 5]}, "h": {"rows": [1, 2]}}),
+    "tensor-ops": (tensor_ops, {"g": {"units": "0:2"}, "h": {"units": [1]}}),
+    "masked-sequence": (masked_sequence, {"d": {"units": [0, 1], "rows": [3]}}),
+    "masking-layer": (masking_layer, {"d": {"rows": [0]}}),
+    "dict-io": (dict_io, {"y": {"units": [0]}, "z": {"bias": True}}),
 }
 
 
 def _inputs(model, n=32, seed=2):
+    """A batch in the model's own input structure; integer inputs get token ids with padding."""
     rng = np.random.default_rng(seed)
-    xs = [rng.normal(size=(n,) + tuple(t.shape[1:])).astype("float32") for t in model.inputs]
-    return xs[0] if len(xs) == 1 else xs
+
+    def make(t):
+        shape = (n,) + tuple(t.shape[1:])
+        if "int" in str(t.dtype):
+            return (rng.integers(1, 10, size=shape) * (rng.random(shape) < 0.7)).astype("int32")
+        return rng.normal(size=shape).astype("float32")
+
+    return keras.tree.map_structure(make, input_structure(model))
 
 
 def _targets(model, n=32, seed=3):
     rng = np.random.default_rng(seed)
-    ys = [rng.normal(size=(n,) + tuple(t.shape[1:])).astype("float32") for t in model.outputs]
-    return ys[0] if len(ys) == 1 else ys
+    outputs = model.outputs[0] if isinstance(model, keras.Sequential) else model.output
+    return keras.tree.map_structure(lambda t: rng.normal(size=(n,) + tuple(t.shape[1:])).astype("float32"), outputs)
 
 
 def _flat(outputs):
