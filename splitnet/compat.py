@@ -9,9 +9,10 @@ somewhere deep inside a split.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
+import shutil
 import zipfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -87,10 +88,10 @@ def producer(tensor):
 # dependency) because Keras has no public API to walk a weights file.
 
 
-def _weights(archive, mode="r"):
+def _weights(file, mode="r"):
     import h5py
 
-    return h5py.File(archive, mode)
+    return h5py.File(file, mode)
 
 
 def _find(h5, name):
@@ -105,14 +106,39 @@ def _find(h5, name):
     return found
 
 
+@contextlib.contextmanager
+def _archived_weights(path):
+    """The archive's weights file, open for reading in place (not copied into memory)."""
+    with zipfile.ZipFile(path) as zf:
+        if WEIGHTS_FILE not in zf.namelist():
+            yield None
+            return
+        with zf.open(WEIGHTS_FILE) as member, _weights(member) as h5:
+            yield h5
+
+
 def read_notes(path, name):
     """`[(group path, note)]`: every dataset called `name` in the archive's weights file,
     decoded as JSON, with the path of the layer that wrote it."""
-    with zipfile.ZipFile(path) as zf:
-        if WEIGHTS_FILE not in zf.namelist():
+    with _archived_weights(path) as h5:
+        if h5 is None:
             return []
-        with _weights(io.BytesIO(zf.read(WEIGHTS_FILE))) as h5:
-            return [(group, json.loads(bytes(value).decode("utf-8"))) for group, value in _find(h5, name)]
+        return [(group, json.loads(bytes(value).decode("utf-8"))) for group, value in _find(h5, name)]
+
+
+def read_config(path):
+    """The archive's `config.json` as a dict."""
+    with zipfile.ZipFile(path) as zf:
+        return json.loads(zf.read(CONFIG_FILE))
+
+
+def read_optimizer_variables(path):
+    """The optimizer's saved variables, in order, or None when the archive has none."""
+    with _archived_weights(path) as h5:
+        if h5 is None or OPTIMIZER_GROUP not in h5:
+            return None
+        group = h5[OPTIMIZER_GROUP]
+        return [group[str(i)][()] for i in range(len(group))]
 
 
 def weight_paths(model, layers, folder):
@@ -143,44 +169,36 @@ def weight_paths(model, layers, folder):
         return {group: layers[int(value[0])] for group, value in _find(h5, marker)}
 
 
-def read_config(path):
-    """The archive's `config.json` as a dict."""
-    with zipfile.ZipFile(path) as zf:
-        return json.loads(zf.read(CONFIG_FILE))
-
-
-def read_optimizer_variables(path):
-    """The optimizer's saved variables, in order, or None when the archive has none."""
-    with zipfile.ZipFile(path) as zf:
-        with _weights(io.BytesIO(zf.read(WEIGHTS_FILE))) as h5:
-            if OPTIMIZER_GROUP not in h5:
-                return None
-            group = h5[OPTIMIZER_GROUP]
-            return [group[str(i)][()] for i in range(len(group))]
-
-
 def rewrite_archive(src, dst, *, config=None, drop=()):
     """Copy a `.keras` archive, changing its config and dropping datasets.
+
+    Streams member by member, with the weights file edited on disk beside
+    `dst`, so a large model is never held in memory twice.
 
     Args:
         src, dst: Archive paths.
         config: `fn(dict) -> dict` applied to the model config, or None.
         drop: Dataset names to delete wherever they are in the weights file.
     """
+    dst = Path(dst)
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED) as zout:
         for info in zin.infolist():
-            data = zin.read(info.filename)
             if info.filename == CONFIG_FILE and config is not None:
-                data = json.dumps(config(json.loads(data))).encode("utf-8")
+                zout.writestr(info, json.dumps(config(json.loads(zin.read(info)))))
             elif info.filename == WEIGHTS_FILE and drop:
-                buffer = io.BytesIO(data)
-                with _weights(buffer, "r+") as h5:
+                scratch = dst.with_name(dst.name + ".weights.h5")
+                with zin.open(info) as member, open(scratch, "wb") as out:
+                    shutil.copyfileobj(member, out, 1 << 24)
+                with _weights(scratch, "r+") as h5:
                     found = []
                     h5.visititems(lambda n, item: found.append(n) if n.rsplit("/", 1)[-1] in drop else None)
                     for item_name in found:
                         del h5[item_name]
-                data = buffer.getvalue()
-            zout.writestr(info, data)
+                zout.write(scratch, info.filename)
+                scratch.unlink()
+            else:
+                with zin.open(info) as member, zout.open(info, "w") as out:
+                    shutil.copyfileobj(member, out, 1 << 24)
 
 
 def check():
