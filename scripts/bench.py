@@ -79,8 +79,8 @@ def optimizer():
 
 
 def optimizer_bytes(opt):
-    shared = {id(opt.iterations), id(getattr(opt, "_learning_rate", None))}
-    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in opt.variables if id(v) not in shared)
+    # Per-entry slots only: the iteration count and the learning rate are scalars.
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in opt.variables if len(v.shape))
 
 
 def train_step(model, opt, masks=None):

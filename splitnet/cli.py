@@ -112,7 +112,7 @@ def build(spec_path, output, force):
     model, _ = _model_from(spec_path)
     save_keras(model, output, force)
     info = describe(model)
-    click.echo(f"wrote {output}: {info['frozen']:,} of {info['frozen'] + info['trainable']:,} Dense entries frozen")
+    click.echo(f"wrote {output}: {info['frozen']:,} of {info['frozen'] + info['trainable']:,} weight entries frozen")
 
 
 @main.command()
@@ -161,7 +161,7 @@ def train(input_path, data, epochs, batch_size, learning_rate, strategy, output,
 @_keras_out
 @_force
 def merge(input_path, output, force):
-    """Merge every split group of IN.keras back into one plain Dense and save it.
+    """Merge every split layer of IN.keras back into its plain layer and save it.
 
     \b
     Example:
@@ -195,7 +195,7 @@ def export(input_path, output, force):
 @click.option("--plot", type=click.Path(dir_okay=False), help="Draw each frozen kernel's map into a PNG (needs matplotlib).")
 @_force
 def inspect(input_path, as_json, plot, force):
-    """Show per Dense layer what is frozen, parameter counts and the optimizer state saved.
+    """Show per Dense layer (with its path) what is frozen, counts and the optimizer state saved.
 
     \b
     Example:

@@ -237,6 +237,23 @@ class DensePlan:
         return tuple(out)
 
     @property
+    def row_blocks(self):
+        """The input-row sets the pieces read, each piece all rows or exactly one of these.
+
+        `()` when every piece reads every row; else (trainable rows, frozen
+        rows), or with `constant_rows` (the other rows, the constant ones).
+        """
+        if self.fully_frozen:
+            return ()
+        if self.constant_rows:
+            constant = set(self.constant_rows)
+            live = tuple(i for i in range(self.in_dim) if i not in constant)
+            return (live, self.constant_rows) if live else (self.constant_rows,)
+        if self.frozen_rows and self.trainable_rows:
+            return (self.trainable_rows, self.frozen_rows)
+        return ()
+
+    @property
     def bias_role(self):
         """None, or "trainable"/"frozen": the trainable columns' bias held on its own.
 

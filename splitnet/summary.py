@@ -91,7 +91,7 @@ def format_table(info):
     total = info["trainable"] + info["frozen"]
     share = info["frozen"] / total if total else 0.0
     lines.append("")
-    lines.append(f"entries in these layers: {total:,}, frozen {info['frozen']:,} ({share:.1%}), trainable {info['trainable']:,}")
+    lines.append(f"weight entries: {total:,}, frozen {info['frozen']:,} ({share:.1%}), trainable {info['trainable']:,}")
     if info["slots_per_entry"] is not None:
         lines.append(
             f"optimizer state saved: {info['optimizer_floats_saved']:,} floats "

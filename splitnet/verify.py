@@ -88,7 +88,7 @@ def verify(before, after):
     """Check that every frozen entry of `after` equals `before`, bit for bit.
 
     An entry is checked when either model records it as frozen (a split
-    model's groups, a non-trainable Dense), so `after` may be split or merged.
+    model's split layers, a non-trainable Dense), so `after` may be split or merged.
 
     Args:
         before: The model before training (usually the split model).
@@ -113,7 +113,7 @@ def verify(before, after):
     for key in masks:
         for model_weights, which in ((old, "BEFORE"), (new, "AFTER")):
             if key not in model_weights:
-                raise InputError(f"{which} has no Dense layer {key!r}")
+                raise InputError(f"{which} has no layer {key!r} (are BEFORE and AFTER the same model?)")
         shapes = ([w.shape for w in old[key]], [w.shape for w in new[key]])
         if shapes[0] != shapes[1]:
             raise InputError(f"layer {key!r} has weights of shapes {shapes[0]} in BEFORE but {shapes[1]} in AFTER")

@@ -90,3 +90,23 @@ def test_public_name_and_repr():
     assert splitnet.SplitDense is SplitDense
     assert repr(layer).startswith("<SplitDense name=d")
     assert keras.saving.get_registered_name(SplitDense) == "splitnet>SplitDense"
+
+
+def test_reordering_by_row_gather_matches(monkeypatch):
+    """The transposed gather used for wide layers gives the same values and gradients."""
+    from splitnet.kinds import dense
+
+    frozen = tuple(range(0, 40, 2))
+    plain, reference = _pair(frozen, (1, 3, 4))
+    monkeypatch.setattr(dense, "GATHER_ROWS_FROM", 0)
+    _, wide = _pair(frozen, (1, 3, 4))
+    x = tf.constant(np.random.default_rng(2).normal(size=(5, 6)).astype("float32"))
+    for layer in (reference, wide):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.sin(layer(x)))
+        grads = tape.gradient(loss, [x] + layer.trainable_weights)
+        if layer is reference:
+            expected = grads
+    for got, want in zip(grads, expected):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -8,6 +8,7 @@ from conftest import CASES, IN_DIM, OUT, UNITS, assert_same_function, case_param
 
 import splitnet
 from splitnet import SplitDense
+from splitnet.kinds import dense as dense_kind
 
 
 # Without a bias, `bias: true` is an error (test_bias_on_layer_without_bias): drop it.
@@ -101,8 +102,8 @@ def test_layer_frozen_whole_stays_exact():
 
 
 def _slot_floats(optimizer):
-    skip = {id(optimizer.iterations), id(optimizer._learning_rate)} if hasattr(optimizer, "_learning_rate") else set()
-    return sum(int(np.prod(v.shape)) for v in optimizer.variables if id(v) not in skip)
+    """Floats of the per-entry slots (the iteration count and learning rate are scalars)."""
+    return sum(int(np.prod(v.shape)) for v in optimizer.variables if len(v.shape))
 
 
 def test_optimizer_state_only_for_trainable_entries():
@@ -327,7 +328,18 @@ def _stack(depth, width=24):
     return perturb(keras.Model(inputs, h, name="stack"))
 
 
-def test_consumer_cuts_the_gradient_of_constant_inputs():
+@pytest.fixture
+def small_layers_refined(monkeypatch):
+    """Let the consumer optimisation apply to these small test layers."""
+    monkeypatch.setattr(dense_kind, "CONSTANT_ROWS_FROM", 0)
+
+
+def test_consumer_optimisation_skips_small_layers():
+    split = splitnet.split_model(_stack(2), {"l0": {"units": [0, 3]}, "l1": {"units": [1]}})
+    assert split.get_layer("l1").plan.constant_rows == ()  # 24 x 24: not worth its extra ops
+
+
+def test_consumer_cuts_the_gradient_of_constant_inputs(small_layers_refined):
     model = _stack(3)
     freeze = {f"l{i}": {"units": [0, 3, 4, 9, 17]} for i in range(3)}
     split = splitnet.split_model(model, freeze)
@@ -341,7 +353,7 @@ def test_consumer_cuts_the_gradient_of_constant_inputs():
         assert splitnet.frozen_masks(split)[name]["kernel"].sum() == 5 * 24
 
 
-def test_consumer_gradients_match_the_plain_model_and_merge_back(tmp_path):
+def test_consumer_gradients_match_the_plain_model_and_merge_back(tmp_path, small_layers_refined):
     model = _stack(2)
     freeze = {"l0": {"units": "0:16"}, "l1": {"units": [1, 2], "bias": True}}
     split = splitnet.split_model(model, freeze)
@@ -358,7 +370,7 @@ def test_consumer_gradients_match_the_plain_model_and_merge_back(tmp_path):
 
     full, parts = kernel_grads(model), kernel_grads(split)
     for name in ("l0", "l1"):
-        want = full[id(model.get_layer(name)._kernel)]
+        want = full[id(model.get_layer(name).kernel)]
         layer = split.get_layer(name)
         for kernel_mask, _, variables in layer.piece_variables():
             if id(variables[0]) in parts:  # a trainable kernel piece
@@ -370,7 +382,7 @@ def test_consumer_gradients_match_the_plain_model_and_merge_back(tmp_path):
     assert_same_function(merged.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
-def test_consumer_optimisation_is_dropped_when_its_plan_would_be_refused():
+def test_consumer_optimisation_is_dropped_when_its_plan_would_be_refused(small_layers_refined):
     # A MaxNorm on l1's kernel is fine for a unit split, but not for the row
     # pieces the optimisation would add: the optimisation must step aside.
     inputs = keras.Input((24,), name="x")

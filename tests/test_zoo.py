@@ -126,6 +126,9 @@ def bert_classifier():
     }
 
 
+# The models whose freeze rules name a layer that a parent layer's Python code calls.
+INSIDE_SUBCLASSED_LAYERS = {"keras_io_transformer", "bert_backbone", "gpt2_backbone", "bert_classifier"}
+
 ZOO = {
     "keras_io_transformer": keras_io_transformer,
     "convnext_tiny": convnext_tiny,
@@ -270,6 +273,12 @@ def test_save_load_and_resume(trained):
     name, _, _, _, split, x, y, folder = trained
     path = folder / "split.keras"
     split.save(path)
+    if name in INSIDE_SUBCLASSED_LAYERS:
+        # Keras' own loader rebuilds those layers plain: it must refuse, not train them unsplit.
+        with pytest.raises(ValueError, match="expected 2 variables, but received 3"):
+            keras.saving.load_model(path)
+    else:
+        assert isinstance(keras.saving.load_model(path).get_layer(next(iter(trained[2]))), splitnet.SplitDense)
     loaded = splitnet.load_model(path)
     assert type(loaded) is type(split)
     masks, loaded_masks = splitnet.frozen_masks(split), splitnet.frozen_masks(loaded)
