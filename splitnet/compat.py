@@ -41,6 +41,15 @@ def sublayers(layer):
     return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
+def has_assets(model):
+    """Whether anything the model holds saves assets (a vocabulary), as Keras' saving checks.
+
+    `_flatten_layers` also reaches layers that are not in the graph, such as a
+    keras-hub task's preprocessor and its tokenizer.
+    """
+    return any(hasattr(layer, "save_assets") for layer in model._flatten_layers(include_self=True, recursive=True))
+
+
 @contextlib.contextmanager
 def unlocked(layer):
     """Allow `add_weight` on a built layer (no public API; Keras' own

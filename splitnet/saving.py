@@ -160,25 +160,6 @@ def _save(model, path):
         raise ModelError(f"cannot copy model {model.name!r}: Keras cannot save it: {_first_line(exc)}") from exc
 
 
-def _load_copy(model, path):
-    """The model loaded back from `path`, or None when Keras cannot load its weights back."""
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Skipping nested container")
-            # A model that compiles itself (keras-hub tasks) has an optimizer
-            # now, which cannot take the saved state; `_recompile` replaces it.
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            # The model is the caller's own object, not a file from elsewhere:
-            # nothing untrusted is deserialized, so Lambda layers may be copied.
-            return keras.saving.load_model(path, compile=False, safe_mode=False, custom_objects=_classes(model))
-    except ValueError as exc:
-        if "could not be loaded" in str(exc):
-            return None  # Keras' known gap: see `_copy_in_memory`
-        raise ModelError(f"cannot copy model {model.name!r}: Keras cannot load it back: {_first_line(exc)}") from exc
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"cannot copy model {model.name!r}: Keras cannot load it back: {_first_line(exc)}") from exc
-
-
 def _first_line(exc):
     """The line that says what went wrong (for Keras' nested deserialization errors, the innermost)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -193,84 +174,87 @@ def copy_model(model):
     Example:
         >>> twin = copy_model(model)  # doctest: +SKIP
     """
-    with _scratch() as folder:
-        path, plain = folder / "model.keras", folder / "plain.keras"
-        _save(model, path)
-        # Layers split inside a parent's Python code are not in the config:
-        # the copy gets them plain (the notes dropped so that Keras loads
-        # them) and they are split again below, as in the original.
-        compat.rewrite_archive(path, plain, drop={kind.note for kind in kinds.KINDS})
-        copy = _load_copy(model, plain)
-    if copy is None:
-        return _copy_in_memory(model, plain=False)
-    for (key, layer), (_, twin) in _pairs(model, copy):
-        kind = kinds.split_kind_of(layer)
-        if kind is not None and not isinstance(twin, kind.split):
-            kind.install(twin, layer.plan, key)
-    _recompile(copy, model)
-    return copy
-
-
-def _pairs(original, copy):
-    """Each layer of `original` with its twin in `copy` (same structure, so same walk order).
-
-    Also gives the twin the original's name where Keras' round trip changed
-    it: a custom layer whose `get_config` leaves out `name` comes back with
-    a new one (`transformer_block` -> `transformer_block_1`).
-    """
-    pairs = list(zip(tree.walk(original), tree.walk(copy)))
-    for (_, a), (_, b) in pairs:
-        if a.name != b.name and type(a).__name__ == type(b).__name__:
-            b.name = a.name
-    return pairs
+    return _copy(model, plain=False)
 
 
 def plain_copy(model):
     """A copy in which every split layer is its plain layer again (what `merge_model` returns).
 
-    The saved archive already holds the plain layers' weights; only the
-    model config names the split classes, so it is rewritten to the plain
-    ones. The copy is compiled from the model's compile settings with a
-    fresh optimizer (the split one's state does not fit the plain weights).
+    The copy is compiled from the model's compile settings with a fresh
+    optimizer (the split one's state does not fit the plain weights).
     """
-    with _scratch() as folder:
-        path, merged_path = folder / "split.keras", folder / "merged.keras"
-        _save(model, path)
-        compat.rewrite_archive(path, merged_path, config=_plain_config, drop={kind.note for kind in kinds.KINDS})
-        copy = _load_copy(model, merged_path)
+    return _copy(model, plain=True)
+
+
+def _copy(model, plain):
+    """Copy `model` the cheapest way that keeps everything Keras keeps.
+
+    1. From its config, in memory, with the weights assigned layer by layer:
+       fast, and the copy costs no more memory than the model.
+    2. Through a `.keras` archive, when something in the model keeps assets
+       (a tokenizer's vocabulary), which only Keras' saving carries.
+    3. With `keras.models.clone_model`, when Keras cannot rebuild the model
+       from its config faithfully (a layer shared between a nested model and
+       the outer graph comes back as two layers).
+    """
+    copy = None if compat.has_assets(model) else _copy_by_config(model, plain)
     if copy is None:
-        return _copy_in_memory(model, plain=True)
-    _pairs(model, copy)
+        copy = _copy_by_archive(model, plain)
+    if copy is None:
+        copy = _copy_by_cloning(model, plain)
     _recompile(copy, model)
     return copy
 
 
-def _plain_config(node):
-    """A model config with every serialized split layer replaced by its plain layer."""
-    if isinstance(node, dict):
-        for kind in kinds.KINDS:
-            if node.get("registered_name") == keras.saving.get_registered_name(kind.split):
-                node = kind.plain_entry(node)
-        return {k: _plain_config(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain_config(v) for v in node]
-    return node
+def _copy_by_config(model, plain):
+    config = keras.saving.serialize_keras_object(model)
+    config.pop("compile_config", None)  # compiled by `_recompile`, with a fresh optimizer
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have a `build\\(\\)` method")
+            copy = keras.saving.deserialize_keras_object(
+                _plain_config(config) if plain else config, custom_objects=_classes(model), safe_mode=False
+            )
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"cannot copy model {model.name!r}: Keras cannot rebuild it from its config: {_first_line(exc)}") from exc
+    return copy if _fill(model, copy, plain) else None
 
 
-def _own_weights(layer):
-    """The weights a layer holds itself, not through its sub-layers, in its order."""
-    inner = {id(w) for child in compat.sublayers(layer) for w in child.weights}
-    return [w for w in layer.weights if id(w) not in inner]
+def _copy_by_archive(model, plain):
+    with _scratch() as folder:
+        path, copy_path = folder / "model.keras", folder / "copy.keras"
+        _save(model, path)
+        # Split layers write the plain layers' weights plus a note; dropping
+        # the notes gives the plain model's archive, with the split classes
+        # still named in the config unless `plain`.
+        compat.rewrite_archive(
+            path, copy_path, config=_plain_config if plain else None, drop={kind.note for kind in kinds.KINDS}
+        )
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Skipping nested container")
+                # A model that compiles itself (keras-hub tasks) has an optimizer
+                # now, which cannot take the saved state; `_recompile` replaces it.
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                # The model is the caller's own object, not a file from elsewhere:
+                # nothing untrusted is deserialized, so Lambda layers may be copied.
+                copy = keras.saving.load_model(copy_path, compile=False, safe_mode=False, custom_objects=_classes(model))
+        except ValueError as exc:
+            if "could not be loaded" in str(exc):
+                return None  # Keras' known gap: see `_copy_by_cloning`
+            raise ModelError(f"cannot copy model {model.name!r}: Keras cannot load it back: {_first_line(exc)}") from exc
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"cannot copy model {model.name!r}: Keras cannot load it back: {_first_line(exc)}") from exc
+    if not _fill(model, copy, plain, assign=False):
+        raise ModelError(f"cannot copy model {model.name!r}: it does not come back from Keras' format the same")
+    return copy
 
 
-def _copy_in_memory(model, plain):
-    """The copy for models Keras can save but not load back (a layer shared between
-    a nested model and the outer graph): `keras.models.clone_model`, one clone per
-    layer object so shared layers stay shared, then the weights layer by layer.
+def _copy_by_cloning(model, plain):
+    """`keras.models.clone_model`, one clone per layer object, so shared layers stay shared.
 
-    This path keeps layer names but not a Functional subclass's class, nor
-    assets (e.g. a tokenizer's vocabulary); models that have those load back
-    through the archive.
+    This keeps layer names but not a Functional subclass's class, nor assets;
+    models that have those come back through the config or the archive.
     """
     clones = {}
 
@@ -289,25 +273,58 @@ def _copy_in_memory(model, plain):
         copy = clone_function(model)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"cannot copy model {model.name!r}: {_first_line(exc)}") from exc
-    copies = dict(tree.walk(copy))
-    pairs = [(model, copy)]
-    for key, layer in tree.walk(model):
-        if key not in copies:
-            if not layer.weights:
-                continue  # e.g. an InputLayer, which clone_model names anew
-            raise ModelError(f"cannot copy model {model.name!r}: layer {key!r} does not come back")
-        pairs.append((layer, copies[key]))
-        kind = kinds.split_kind_of(layer)
-        if kind is not None and not plain and not isinstance(copies[key], kind.split):
-            kind.install(copies[key], layer.plan, key)  # held by Python code: not in the config
+    if not _fill(model, copy, plain):
+        raise ModelError(f"cannot copy model {model.name!r}: its clone does not have the same layers")
+    return copy
+
+
+def _fill(model, copy, plain, assign=True):
+    """Make `copy` the twin of `model`: names, split layers, weights. False if the structures differ.
+
+    Layers are paired in walk order (the copy has the same structure, so the
+    same order). A twin gets the original's name where Keras changed it: a
+    custom layer whose `get_config` leaves out `name` comes back with a new
+    one (`transformer_block` -> `transformer_block_1`), and `clone_model`
+    names inputs anew.
+    """
+    pairs = [(model, copy)] + [(a, b) for (_, a), (_, b) in zip(tree.walk(model), tree.walk(copy))]
+    keys = [key for key, _ in tree.walk(model)]
+    if len(pairs) != len(keys) + 1 or len(list(tree.walk(copy))) != len(keys):
+        return False
+    if any(type(a).__name__ != type(b).__name__ for a, b in pairs[1:]):
+        return False
+    for key, (a, b) in zip(keys, pairs[1:]):
+        if a.name != b.name:
+            b.name = a.name
+        kind = kinds.split_kind_of(a)
+        if kind is not None and not plain and not isinstance(b, kind.split):
+            kind.install(b, a.plan, key)  # held by Python code: not in the config
+    if not assign:
+        return True
     for a, b in pairs:
         kind = kinds.split_kind_of(a)
         values = kind.merged_weights(a) if kind is not None and plain else [np.asarray(w) for w in _own_weights(a)]
         targets = _own_weights(b)
-        if len(values) != len(targets):
-            raise ModelError(f"cannot copy model {model.name!r}: layer {a.name!r} does not come back the same")
+        if [tuple(v.shape) for v in values] != [tuple(t.shape) for t in targets]:
+            return False
         for variable, value in zip(targets, values):
             variable.assign(value)
-    _recompile(copy, model)
-    return copy
+    return True
 
+
+def _plain_config(node):
+    """A model config with every serialized split layer replaced by its plain layer."""
+    if isinstance(node, dict):
+        for kind in kinds.KINDS:
+            if node.get("registered_name") == keras.saving.get_registered_name(kind.split):
+                node = kind.plain_entry(node)
+        return {k: _plain_config(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain_config(v) for v in node]
+    return node
+
+
+def _own_weights(layer):
+    """The weights a layer holds itself, not through its sub-layers, in its order."""
+    inner = {id(w) for child in compat.sublayers(layer) for w in child.weights}
+    return [w for w in layer.weights if id(w) not in inner]
