@@ -152,6 +152,9 @@ def test_split_through_base_file_keeps_function_and_other_weights(saved):
     merged = splitnet.merge_model(split)
     for a, b in zip(_flat(merged(x)), _flat(model(x))):
         assert_same_function(a, b)
+    # The model's class is kept (a Sequential model stays Sequential), and its input names.
+    assert type(split) is type(model) and type(merged) is type(model)
+    assert [t.name for t in split.inputs] == [t.name for t in merged.inputs]
 
 
 def test_training_an_existing_model_keeps_frozen_entries(saved):

@@ -22,13 +22,12 @@ import subprocess
 import sys
 
 import keras
+import keras_hub  # in the test extra
 import numpy as np
 import pytest
 
 import splitnet
 from splitnet import tree
-
-keras_hub = pytest.importorskip("keras_hub")
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "dog", "ran", "a", "big"]
 SEQ = 8

@@ -125,8 +125,7 @@ class SplitDense(keras.layers.Dense):
         blocks = plan.row_blocks
         self._piece_rows = [None if p.rows is None else blocks.index(p.rows) for p in plan.pieces]
         self._row_runs = [runs(rows) for rows in blocks]
-        order = np.asarray([i for rows in blocks for i in rows], dtype="int32")
-        self._row_order, self._row_inverse = order, np.argsort(order).astype("int32")
+        self._row_index = [np.asarray(rows, dtype="int32") for rows in blocks]
 
     def build(self, input_shape):
         if input_shape[-1] != self.plan.in_dim:
@@ -173,30 +172,30 @@ class SplitDense(keras.layers.Dense):
 
     def _row_views(self, inputs):
         """The input's row blocks, each computed once: slices when they are few runs,
-        else one reordering (whose gradient is the inverse reordering, not a scatter)."""
-        if all(len(r) <= MAX_SLICES for r in self._row_runs):
-            return [_slices(inputs, r) for r in self._row_runs]
-        ordered = _permute(inputs, self._row_order, self._row_inverse)
-        views, start = [], 0
-        for r in self._row_runs:
-            size = sum(stop - begin for begin, stop in r)
-            views.append(ordered[..., start : start + size])
-            start += size
-        return views
+        else a gather (measured faster here than one reordering followed by slices)."""
+        return [
+            _slices(inputs, r) if len(r) <= MAX_SLICES else _take_last(inputs, index)
+            for r, index in zip(self._row_runs, self._row_index)
+        ]
 
     def call(self, inputs, training=None):
         views = self._row_views(inputs) if self._row_runs else []
         if self.plan.constant_rows:
             views[-1] = ops.stop_gradient(views[-1])  # these inputs depend on no trainable weight
         blocks = [None] * len(self.plan.blocks)
+        biases = [None] * len(self.plan.blocks)
         for piece, values, rows in zip(self.plan.pieces, self._split.pieces, self._piece_rows):
             x = inputs if rows is None else views[rows]
             y = ops.matmul(x, values[0])
-            if piece.use_bias:
-                y = ops.add(y, values[1])
             blocks[piece.block] = y if blocks[piece.block] is None else ops.add(blocks[piece.block], y)
+            if piece.use_bias:
+                biases[piece.block] = values[1]
         if self._split.bias is not None:
-            blocks[0] = ops.add(blocks[0], self._split.bias)
+            biases[0] = self._split.bias
+        # Each block's bias is added once, after its pieces are summed: a
+        # BiasAdd feeding an Add is a pattern TensorFlow's oneDNN rewrite
+        # fuses, and may fail to run ("Fusion is not implemented: [BiasAdd,Add]").
+        blocks = [y if b is None else ops.add(y, b) for y, b in zip(blocks, biases)]
         joined = self._join(blocks)
         return joined if self.activation is None else self.activation(joined)
 
