@@ -10,10 +10,11 @@ received 3"), so such a model cannot silently come back unsplit.
 `load_model` handles both: it loads the archive without the notes, splits
 the noted layers again in place, and restores the optimizer state.
 
-Copies (what `split_model` and `merge_model` return) go through the same
-format, so they keep everything Keras saves: the model's class (keras-hub's
-`BertTextClassifier` stays one, with its preprocessor and vocabulary),
-layer and input names, configs, and compile settings.
+Copies (what `split_model` and `merge_model` return) are made the way Keras
+rebuilds a saved model, so they keep what Keras keeps: the model's class
+(keras-hub's `BertTextClassifier` stays one, with its preprocessor and
+vocabulary), layer and input names, configs, and compile settings (see
+`_copy` for the three ways, cheapest first).
 """
 
 from __future__ import annotations
