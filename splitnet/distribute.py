@@ -10,7 +10,7 @@ Example:
     >>> with strategy.scope():                         # doctest: +SKIP
     ...     model = splitnet.build_model("configs/quickstart.yaml")
     ...     model.compile(optimizer="adamw", loss="sparse_categorical_crossentropy")
-    >>> model.fit(x, y, batch_size=256)                # global batch, split across replicas
+    >>> model.fit(x, y, batch_size=256)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ class DensePlan:
         ...                  frozen_units=(0,), frozen_rows=(), bias_frozen=False)
         >>> [p.role for p in plan.pieces]
         ['trainable', 'frozen']
-        >>> plan.kernel_mask()[:, 0].all(), plan.kernel_mask()[:, 1].any()
+        >>> bool(plan.kernel_mask()[:, 0].all()), bool(plan.kernel_mask()[:, 1].any())
         (True, False)
     """
 

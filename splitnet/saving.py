@@ -120,9 +120,11 @@ def _compile(model, compile_config):
 
 
 def _recompile(copy, original):
-    """Compile `copy` as `original` is compiled, with a fresh optimizer."""
+    """Compile `copy` as `original` is compiled, with a fresh optimizer, built (so that
+    a saved copy holds optimizer state that fits it, and loads without Keras' warning)."""
     if getattr(original, "compiled", False) and original.get_compile_config():
         _compile(copy, original.get_compile_config())
+        copy.optimizer.build(copy.trainable_variables)
 
 
 def _restore_optimizer(model, saved, path):
