@@ -61,34 +61,19 @@ def unlocked(layer):
         layer._tracker.lock()
 
 
-def forget_variable(layer, attribute):
-    """Stop tracking the variable held in `layer.<attribute>` and drop the attribute.
+def forget_dense_variables(layer):
+    """Stop tracking a built Dense's `kernel` and `bias` variables and drop them.
 
-    `del layer.attr` does the same publicly but runs `gc.collect()` each
-    time (seconds for a model with many layers).
+    The kernel lives in the private `_kernel` (`Dense.kernel` is a property);
+    `del layer.attr` would untrack publicly but runs `gc.collect()` each time
+    (seconds for a model with many layers).
     """
-    value = layer.__dict__.pop(attribute, None)
-    if isinstance(value, keras.Variable):
-        layer._untrack_variable(value)
-
-
-def call_sites(layer):
-    """`[(input tensors, output tensors)]` of each call of `layer` in a Functional graph.
-
-    Keras keeps the graph in private `Node` objects; there is no public way
-    to ask which tensors a layer was called on.
-    """
-    return [(list(node.input_tensors), list(node.output_tensors)) for node in layer._inbound_nodes]
-
-
-def producer(tensor):
-    """`(operation, input tensors of that call)` that made a symbolic tensor, or `(None, [])`
-    for a model input (private `_keras_history`)."""
-    history = getattr(tensor, "_keras_history", None)
-    if history is None or history.operation is None:
-        return None, []
-    node = history.operation._inbound_nodes[history.node_index]
-    return (None, []) if node.is_input else (history.operation, list(node.input_tensors))
+    for attribute in ("_kernel", "bias"):
+        if attribute not in layer.__dict__:
+            raise RuntimeError(f"Keras {keras.__version__}: a built Dense has no {attribute!r} attribute (splitnet/compat.py)")
+        value = layer.__dict__.pop(attribute)
+        if isinstance(value, keras.Variable):
+            layer._untrack_variable(value)
 
 
 # --------------------------------------------------------------------------
@@ -221,17 +206,12 @@ def check():
         "Layer._flatten_layers": lambda: mha._flatten_layers,
         "Layer._tracker.unlock/lock": lambda: (dense._tracker.unlock, dense._tracker.lock),
         "Layer._untrack_variable": lambda: dense._untrack_variable,
-        "Layer._inbound_nodes[].input_tensors": lambda: dense._inbound_nodes[0].input_tensors,
-        "KerasTensor._keras_history.operation/node_index": lambda: (
-            model.outputs[0]._keras_history.operation,
-            model.outputs[0]._keras_history.node_index,
-        ),
-        "Node.is_input": lambda: dense._inbound_nodes[0].is_input,
+        "Dense._kernel": lambda: dense.__dict__["_kernel"],
     }
     for name, get in needs.items():
         try:
             get()
-        except AttributeError as exc:
+        except (AttributeError, KeyError) as exc:
             raise RuntimeError(
                 f"Keras {keras.__version__} no longer has {name}, which splitnet uses "
                 f"(splitnet/compat.py): {exc}"

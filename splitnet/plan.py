@@ -16,12 +16,6 @@ columns, frozen columns) are joined in the original order, and the
 activation is applied once. The bias of the trainable columns rides on the
 piece whose trainability it shares, or is a variable of its own (`bias`).
 
-`constant_rows` is an optimisation that changes the structure, never what
-is frozen: input rows that are known not to depend on any trainable weight
-(the frozen units of a split Dense that reads the data). Each piece is then
-split once more along them, and the part that reads them is cut from the
-gradient, so autodiff never computes an input gradient nothing needs.
-
 `split_weights` and `merge_weights` read the same pieces, so split and merge
 cannot disagree about where an entry went.
 """
@@ -46,6 +40,17 @@ def runs(indices):
         else:
             out.append((i, i + 1))
     return out
+
+
+def format_indices(indices):
+    """`[0, 1, 8, 9, 10, 63]` -> `"0:2, 8:11, 63"` (half-open runs, like the spec).
+
+    Example:
+        >>> format_indices([0, 1, 8, 9, 10, 63])
+        '0:2, 8:11, 63'
+    """
+    parts = [str(a) if b == a + 1 else f"{a}:{b}" for a, b in runs(sorted(indices))]
+    return ", ".join(parts) if parts else "-"
 
 
 def from_runs(pairs):
@@ -110,15 +115,12 @@ class Piece:
     """One block of a split kernel, held in its own variable(s).
 
     Attributes:
-        role: Names the piece's variables: "frozen", "trainable",
-            "frozen_rows", and with `constant_rows` also "frozen_constant"
-            and "trainable_constant".
+        role: Names the piece's variables: "frozen", "trainable" or "frozen_rows".
         rows: Input rows it reads, or None for all of them.
         cols: Output columns of the original layer it computes.
         use_bias: Whether it carries the bias of its columns.
         frozen: Whether its variables are non-trainable.
         block: The column block it adds into (`DensePlan.blocks`).
-        constant: Whether its input rows are cut from the gradient.
     """
 
     role: str
@@ -127,7 +129,6 @@ class Piece:
     use_bias: bool
     frozen: bool
     block: int
-    constant: bool = False
 
 
 def _cells(piece):
@@ -158,7 +159,6 @@ class DensePlan:
     frozen_units: tuple
     frozen_rows: tuple
     bias_frozen: bool
-    constant_rows: tuple = ()
 
     # -- index sets -------------------------------------------------------
 
@@ -213,18 +213,6 @@ class DensePlan:
         t_cols, f_cols = self.trainable_units, self.frozen_units
         t_rows, f_rows = self.trainable_rows, self.frozen_rows
         f_block = 1  # the trainable columns are never empty here
-        if self.constant_rows:
-            constant = set(self.constant_rows)
-            live = tuple(i for i in range(self.in_dim) if i not in constant)
-            out = []
-            for kind, cols, frozen, block in (("trainable", t_cols, False, 0), ("frozen", f_cols, True, f_block)):
-                if not cols:
-                    continue
-                bias = self.use_bias and (frozen or not self.bias_frozen)
-                if live:
-                    out.append(Piece(kind, live, cols, bias, frozen, block))
-                out.append(Piece(f"{kind}_constant", self.constant_rows, cols, bias and not live, frozen, block, True))
-            return tuple(out)
         out = []
         if t_rows:
             bias = self.use_bias and not self.bias_frozen
@@ -240,15 +228,10 @@ class DensePlan:
     def row_blocks(self):
         """The input-row sets the pieces read, each piece all rows or exactly one of these.
 
-        `()` when every piece reads every row; else (trainable rows, frozen
-        rows), or with `constant_rows` (the other rows, the constant ones).
+        `()` when every piece reads every row; else (trainable rows, frozen rows).
         """
         if self.fully_frozen:
             return ()
-        if self.constant_rows:
-            constant = set(self.constant_rows)
-            live = tuple(i for i in range(self.in_dim) if i not in constant)
-            return (live, self.constant_rows) if live else (self.constant_rows,)
         if self.frozen_rows and self.trainable_rows:
             return (self.trainable_rows, self.frozen_rows)
         return ()
@@ -341,12 +324,11 @@ class DensePlan:
             "frozen_units": [list(r) for r in runs(self.frozen_units)],
             "frozen_rows": [list(r) for r in runs(self.frozen_rows)],
             "bias_frozen": self.bias_frozen,
-            "constant_rows": [list(r) for r in runs(self.constant_rows)],
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in ("frozen_units", "frozen_rows", "constant_rows"):
+        for key in ("frozen_units", "frozen_rows"):
             config[key] = from_runs(config.get(key, ()))
         return cls(**config)

@@ -120,11 +120,10 @@ def _compile(model, compile_config):
 
 
 def _recompile(copy, original):
-    """Compile `copy` as `original` is compiled, with a fresh optimizer, built (so that
-    a saved copy holds optimizer state that fits it, and loads without Keras' warning)."""
+    """Compile `copy` as `original` is compiled, with a fresh optimizer (not built:
+    `split_model` changes the variables first)."""
     if getattr(original, "compiled", False) and original.get_compile_config():
         _compile(copy, original.get_compile_config())
-        copy.optimizer.build(copy.trainable_variables)
 
 
 def _restore_optimizer(model, saved, path):
@@ -184,9 +183,13 @@ def plain_copy(model):
     """A copy in which every split layer is its plain layer again (what `merge_model` returns).
 
     The copy is compiled from the model's compile settings with a fresh
-    optimizer (the split one's state does not fit the plain weights).
+    optimizer, built (the split one's state does not fit the plain weights;
+    a built one is saved with the model and loads without Keras' warning).
     """
-    return _copy(model, plain=True)
+    copy = _copy(model, plain=True)
+    if getattr(copy, "optimizer", None) is not None:
+        copy.optimizer.build(copy.trainable_variables)
+    return copy
 
 
 def _copy(model, plain):

@@ -1,9 +1,10 @@
 """Split layers into trainable and frozen pieces: `split_model`, `build_model`, `frozen_masks`.
 
-`split_model` copies the model through Keras' own format (so the copy keeps
-its class, names and configs) and then splits each named layer in place:
-the layer object stays where it is, in a graph or in a subclassed layer's
-Python code, and its kind (`splitnet.kinds`) turns it into its split class.
+`split_model` copies the model as Keras would rebuild it (so the copy keeps
+its class, names and configs; see `saving.copy_model`) and then splits each
+named layer in place: the layer object stays where it is, in a graph or in
+a subclassed layer's Python code, and its kind (`splitnet.kinds`) turns it
+into its split class.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def splittable_keys(model):
 def plan_layers(model, rules, where):
     """Resolve freeze rules against a model: `{id(layer): (layer, key, plan, kind)}`.
 
-    Every plan, including one refined by an optimisation, is checked by its kind.
+    Each plan is made and checked by the layer's kind.
     """
     trainable = tree.trainable_ids(model)
     targets = {}
@@ -88,13 +89,8 @@ def plan_layers(model, rules, where):
                 f"layer {rule.layer!r} is not trainable in this model, so it is frozen whole already",
                 key=True,
             )
-        targets[id(layer)] = (layer, rule.layer, kind.plan(layer, rule, where), kind, rule)
-    simple = {key: (layer, plan) for key, (layer, _, plan, _, _) in targets.items()}
-    out = {}
-    for key, (layer, name, plan, kind, rule) in targets.items():
-        refined = kind.refine(layer, rule, plan, simple, where)
-        out[key] = (layer, name, refined or plan, kind)
-    return out
+        targets[id(layer)] = (layer, rule.layer, kind.plan(layer, rule, where), kind)
+    return targets
 
 
 def split_in_place(model, rules, where):
@@ -119,12 +115,14 @@ def split_model(model, freeze):
         A copy of the model (same class, names and configs) that computes the
         same function on the same weights, in which the frozen entries are
         non-trainable variables. If `model` was compiled, the copy is
-        compiled with the same settings and a fresh optimizer.
+        compiled with the same settings and a fresh optimizer, ready to `fit`.
 
     Raises:
         SpecError: `freeze` is invalid for this model (message starts with
             the key path, e.g. `freeze.head.units[0]:`).
-        ModelError: the model cannot be copied (Keras cannot save it).
+        ModelError: the model cannot be copied (Keras cannot rebuild it from
+            its config, e.g. a custom layer whose `get_config` does not match
+            its `__init__`).
 
     Example:
         >>> import keras, splitnet
@@ -138,7 +136,10 @@ def split_model(model, freeze):
     rules = spec_lib.parse_freeze(freeze, where)
     plan_layers(model, rules, where)  # refuse a bad spec before copying anything
     copy = saving.copy_model(model)  # compiled as `model` is, with a fresh optimizer
-    return split_in_place(copy, rules, where)
+    split_in_place(copy, rules, where)
+    if getattr(copy, "optimizer", None) is not None:
+        copy.optimizer.build(copy.trainable_variables)  # for the split variables
+    return copy
 
 
 def _auto_names(layer_specs):
@@ -169,39 +170,6 @@ def load_base(path, where):
         return load_keras(path, compile=False)
     except ModelFileError as exc:
         raise where.error(("base",), str(exc)) from None
-
-
-def build_model(spec):
-    """Build the split model a spec describes.
-
-    Args:
-        spec: A `Spec`, a path to a YAML spec, or a mapping.
-
-    Returns:
-        The split `keras.Model` (not compiled). With `base`, the saved model's
-        weights are kept; with `model`, the stack is freshly initialized.
-
-    Raises:
-        SpecError: the spec is invalid or does not fit the model.
-
-    Example:
-        >>> import splitnet
-        >>> model = splitnet.build_model({
-        ...     "model": {"input_shape": [8], "layers": [
-        ...         {"type": "Dense", "name": "head", "units": 4, "activation": "softmax"}]},
-        ...     "freeze": {"head": {"units": "0:2"}}})
-        >>> model.get_layer("head").__class__.__name__
-        'SplitJoin'
-    """
-    spec = spec_lib.load_spec(spec)
-    if spec.model is not None:
-        try:
-            model = _build_stack(spec.model)
-        except Exception as exc:  # noqa: BLE001 - shape mismatches between layers
-            raise spec.where.error(("model", "layers"), f"cannot build the model: {spec_lib.first_line(exc)}") from None
-    else:
-        model = load_base(spec.base, spec.where)
-    return _split(model, spec.freeze, spec.where)
 
 
 def build_model(spec):

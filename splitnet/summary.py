@@ -6,14 +6,7 @@ import keras
 import numpy as np
 
 from splitnet import kinds, tree
-from splitnet.plan import runs
 from splitnet.split import frozen_masks
-
-
-def format_indices(indices):
-    """`[0, 1, 8, 9, 10, 63]` -> `"0:2, 8:11, 63"` (half-open runs, like the spec)."""
-    parts = [str(a) if b == a + 1 else f"{a}:{b}" for a, b in runs(sorted(indices))]
-    return ", ".join(parts) if parts else "-"
 
 
 def slots_per_entry(optimizer):

@@ -66,13 +66,10 @@ def _plans():
         if not fu and not fr and not bias:
             continue
         yield DensePlan(in_dim, units, use_bias, fu, fr, bias and use_bias)
-    # The consumer optimisation: rows known constant, with and without live rows left.
-    for fu, constant, bias in itertools.product([(1,), (0, 2, 4, 5)], [(0, 3), tuple(range(in_dim))], (False, True)):
-        yield DensePlan(in_dim, units, True, fu, (), bias, constant_rows=constant)
 
 
 def _ids(plan):
-    return f"u{plan.frozen_units}-r{plan.frozen_rows}-c{plan.constant_rows}-b{int(plan.bias_frozen)}{int(plan.use_bias)}"
+    return f"u{plan.frozen_units}-r{plan.frozen_rows}-b{int(plan.bias_frozen)}{int(plan.use_bias)}"
 
 
 @pytest.mark.parametrize("plan", list(_plans()), ids=_ids)
@@ -93,7 +90,7 @@ def test_split_and_merge_are_inverse_and_cover_each_entry_once(plan):
         for i, j in itertools.product(rows, piece.cols):
             counts[i, j] += 1
             frozen[i, j] = piece.frozen
-        assert piece.constant == (piece.rows is not None and set(piece.rows) <= set(plan.constant_rows) and bool(plan.constant_rows))
+        assert piece.rows is None or piece.rows in plan.row_blocks
         assert set(piece.cols) <= set(plan.blocks[piece.block])
     assert (counts == 1).all()
     np.testing.assert_array_equal(frozen, plan.kernel_mask())
@@ -128,5 +125,3 @@ def test_config_round_trip():
     plan = DensePlan(7, 9, True, (0, 1, 2, 5, 8), (3, 4), True)
     assert DensePlan.from_config(plan.get_config()) == plan
     assert plan.get_config()["frozen_units"] == [[0, 3], [5, 6], [8, 9]]
-    refined = DensePlan(7, 9, True, (0, 8), (), False, constant_rows=(1, 2, 6))
-    assert DensePlan.from_config(refined.get_config()) == refined

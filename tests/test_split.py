@@ -8,7 +8,6 @@ from conftest import CASES, IN_DIM, OUT, UNITS, assert_same_function, case_param
 
 import splitnet
 from splitnet import SplitDense
-from splitnet.kinds import dense as dense_kind
 
 
 # Without a bias, `bias: true` is an error (test_bias_on_layer_without_bias): drop it.
@@ -320,79 +319,73 @@ def test_a_split_layer_cannot_be_split_again_but_others_can():
     np.testing.assert_array_equal(splitnet.frozen_masks(twice)["d"]["kernel"], splitnet.frozen_masks(split)["d"]["kernel"])
 
 
-def _stack(depth, width=24):
-    inputs = keras.Input((width,), name="x")
-    h = inputs
-    for i in range(depth):
-        h = keras.layers.Dense(width, activation="relu", name=f"l{i}")(h)
-    return perturb(keras.Model(inputs, h, name="stack"))
+def test_gradients_match_the_plain_model_everywhere():
+    """Every trainable entry gets the plain model's gradient, and so do the inputs and
+    the layers around the split ones (which an optimisation that cut the gradient
+    towards frozen units got wrong when a trainable layer fed them)."""
+    inputs = keras.Input((8,), name="x")
+    h = keras.layers.Dense(24, activation="tanh", name="emb")(inputs)
+    inner_in = keras.Input((24,))
+    inner = keras.layers.Dense(24, activation="relu", name="dst")(keras.layers.Dense(24, activation="relu", name="src")(inner_in))
+    enc = keras.Model(inner_in, inner, name="enc")
+    model = perturb(keras.Model(inputs, keras.layers.Dense(3, name="out")(enc(h))))
+    split = splitnet.split_model(model, {"enc/src": {"units": "0:12"}, "enc/dst": {"units": [0, 5]}})
+    x = tf.constant(data(16, input_shape=(8,))[0])
 
-
-@pytest.fixture
-def small_layers_refined(monkeypatch):
-    """Let the consumer optimisation apply to these small test layers."""
-    monkeypatch.setattr(dense_kind, "CONSTANT_ROWS_FROM", 0)
-
-
-def test_consumer_optimisation_skips_small_layers():
-    split = splitnet.split_model(_stack(2), {"l0": {"units": [0, 3]}, "l1": {"units": [1]}})
-    assert split.get_layer("l1").plan.constant_rows == ()  # 24 x 24: not worth its extra ops
-
-
-def test_consumer_cuts_the_gradient_of_constant_inputs(small_layers_refined):
-    model = _stack(3)
-    freeze = {f"l{i}": {"units": [0, 3, 4, 9, 17]} for i in range(3)}
-    split = splitnet.split_model(model, freeze)
-    # l0 reads the data, so its frozen units are constants for l1.
-    assert split.get_layer("l1").plan.constant_rows == (0, 3, 4, 9, 17)
-    # l1's frozen units depend on l0's trainable weights: l2 must keep the full input gradient.
-    assert split.get_layer("l2").plan.constant_rows == ()
-    assert split.get_layer("l0").plan.constant_rows == ()
-    # Structure only: what is frozen is what the rules say.
-    for name in ("l0", "l1", "l2"):
-        assert splitnet.frozen_masks(split)[name]["kernel"].sum() == 5 * 24
-
-
-def test_consumer_gradients_match_the_plain_model_and_merge_back(tmp_path, small_layers_refined):
-    model = _stack(2)
-    freeze = {"l0": {"units": "0:16"}, "l1": {"units": [1, 2], "bias": True}}
-    split = splitnet.split_model(model, freeze)
-    assert split.get_layer("l1").plan.constant_rows == tuple(range(16))
-    x, _ = data(16, input_shape=(24,))
-    y = np.random.default_rng(3).normal(size=(16, 24)).astype("float32")
-    assert_same_function(split.predict(x, verbose=0), model.predict(x, verbose=0))
-
-    def kernel_grads(m):
+    def grads(m):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(m(x, training=True) - y))
-        grads = tape.gradient(loss, m.trainable_variables)
-        return {id(v): np.asarray(g) for v, g in zip(m.trainable_variables, grads)}
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.sin(m(x, training=True)))
+        variables = m.trainable_variables
+        values = tape.gradient(loss, [x] + variables)
+        return values[0], {id(v): g for v, g in zip(variables, values[1:])}
 
-    full, parts = kernel_grads(model), kernel_grads(split)
-    for name in ("l0", "l1"):
-        want = full[id(model.get_layer(name).kernel)]
-        layer = split.get_layer(name)
-        for kernel_mask, _, variables in layer.piece_variables():
+    dx_full, full = grads(model)
+    dx_split, parts = grads(split)
+    np.testing.assert_allclose(dx_split, dx_full, rtol=1e-4, atol=1e-5)
+    for name in ("emb", "out"):  # plain layers around the split ones
+        np.testing.assert_allclose(parts[id(split.get_layer(name).kernel)], full[id(model.get_layer(name).kernel)], rtol=1e-4, atol=1e-5)
+    for name in ("src", "dst"):
+        want = np.asarray(full[id(model.get_layer("enc").get_layer(name).kernel)])
+        for kernel_mask, _, variables in split.get_layer("enc").get_layer(name).piece_variables():
             if id(variables[0]) in parts:  # a trainable kernel piece
-                np.testing.assert_allclose(parts[id(variables[0])].ravel(), want[kernel_mask].ravel(), rtol=1e-4, atol=1e-6)
-
-    split.save(tmp_path / "s.keras")
-    merged = splitnet.merge_model(splitnet.load_model(tmp_path / "s.keras"))
-    assert [layer.get_config() for layer in merged.layers] == [layer.get_config() for layer in model.layers]
-    assert_same_function(merged.predict(x, verbose=0), model.predict(x, verbose=0))
+                np.testing.assert_allclose(np.asarray(parts[id(variables[0])]).ravel(), want[kernel_mask].ravel(), rtol=1e-4, atol=1e-5)
 
 
-def test_consumer_optimisation_is_dropped_when_its_plan_would_be_refused(small_layers_refined):
-    # A MaxNorm on l1's kernel is fine for a unit split, but not for the row
-    # pieces the optimisation would add: the optimisation must step aside.
-    inputs = keras.Input((24,), name="x")
-    h = keras.layers.Dense(24, activation="relu", name="l0")(inputs)
-    out = keras.layers.Dense(8, name="l1", kernel_constraint=keras.constraints.MaxNorm(0.5))(h)
-    model = perturb(keras.Model(inputs, out))
-    split = splitnet.split_model(model, {"l0": {"units": "0:12"}, "l1": {"units": [0]}})
-    assert split.get_layer("l1").plan.constant_rows == ()
-    split.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
-    x, _ = data(64, input_shape=(24,))
-    split.fit(x, np.full((64, 8), 5.0, "float32"), epochs=3, verbose=0)
-    kernel = splitnet.merged_weights(split)["l1"][0]
-    assert np.linalg.norm(kernel[:, 1:], axis=0).max() <= 0.5 + 1e-6  # the constraint kept its meaning
+def test_compiled_model_splits_ready_to_fit():
+    model = make_model()
+    model.compile(optimizer=keras.optimizers.AdamW(0.01, weight_decay=0.1), loss="sparse_categorical_crossentropy")
+    split = splitnet.split_model(model, {"d": {"units": "0:10"}})
+    assert split.optimizer is not model.optimizer
+    split.fit(*data(32), epochs=1, verbose=0)  # no second compile needed
+    slots = sum(int(np.prod(v.shape)) for v in split.optimizer.variables if len(v.shape))
+    assert slots == 2 * sum(int(np.prod(w.shape)) for w in split.trainable_weights)
+    np.testing.assert_array_equal(splitnet.merged_weights(split)["d"][0][:, :10], model.get_layer("d").get_weights()[0][:, :10])
+
+
+def test_tied_weights_read_through_kernel():
+    """A layer whose Python code reads another layer's `kernel` (tied weights) keeps working."""
+
+    @keras.saving.register_keras_serializable(package="tests_split")
+    class TiedAutoencoder(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.enc = keras.layers.Dense(5, name="enc")
+
+        def call(self, x):
+            return keras.ops.matmul(self.enc(x), keras.ops.transpose(self.enc.kernel))
+
+    inputs = keras.Input((IN_DIM,), name="x")
+    model = perturb(keras.Model(inputs, TiedAutoencoder(name="ae")(inputs)))
+    split = splitnet.split_model(model, {"ae/enc": {"units": [0, 3], "rows": [2]}})
+    x, _ = data()
+    assert_same_function(split.predict(x, verbose=0), model.predict(x, verbose=0))
+    layer = split.get_layer("ae").enc
+    np.testing.assert_array_equal(np.asarray(layer.kernel), model.get_layer("ae").enc.get_weights()[0])
+    np.testing.assert_array_equal(np.asarray(layer.bias), model.get_layer("ae").enc.get_weights()[1])
+    split.compile(optimizer=keras.optimizers.AdamW(0.01, weight_decay=0.1), loss="mse")
+    split.fit(x, x, epochs=1, verbose=0)  # the kernel read in `call` is differentiable
+    masks = splitnet.frozen_masks(split)["ae/enc"]
+    after = splitnet.merged_weights(split)["ae/enc"][0]
+    np.testing.assert_array_equal(after[masks["kernel"]], model.get_layer("ae").enc.get_weights()[0][masks["kernel"]])
+    assert (after != model.get_layer("ae").enc.get_weights()[0])[~masks["kernel"]].all()

@@ -2,16 +2,21 @@
 
 Each kind is one module (`dense.py`, ...) exporting a `KIND` object with:
 
+* `name`, and `note`: the dataset name its split layers write beside their
+  weights (see `saving.py`).
 * `plain`: the Keras layer class it splits (exact type, not subclasses),
-  and `split`: the registered class a split layer of that kind becomes.
+  and `split`: the registered class a split layer of that kind becomes
+  (its instances have a `plan`).
 * `plan(layer, rule, where)`: resolve a `spec.FreezeRule` against the
-  layer (which axes `units` and `rows` name) and check that splitting keeps
-  its meaning; raises `SpecError`.
-* `install(layer, plan, key)`: split the layer in place.
+  layer (which axes `units` and `rows` name) and `check` that splitting
+  keeps its meaning; raises `SpecError`.
+* `install(layer, plan, key)`: split the built layer in place;
+  `plan_from_note(note)`: the plan a saved note describes.
 * `masks(layer, trainable_ids)`: `{weight name: bool array}` in the plain
-  layer's coordinates, True where frozen (split, or plain and not trainable).
+  layer's coordinates, True where frozen (split, or plain and not trainable),
+  or None when nothing is frozen.
 * `merged_weights(layer)`: the plain layer's weights, as numpy arrays.
-* `describe(layer)`: a row for `splitnet inspect`.
+* `describe(layer, masks)`: a row for `splitnet inspect`.
 * `plain_entry(entry)`: the serialized plain layer for a serialized split
   one (what `merge_model` writes into the model config).
 

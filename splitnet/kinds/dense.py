@@ -11,7 +11,6 @@ such as keras-hub's `TransformerEncoder`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import keras
@@ -20,7 +19,7 @@ from keras import ops
 
 from splitnet import compat
 from splitnet.errors import ModelError, SpecError
-from splitnet.plan import DensePlan, resolve, runs
+from splitnet.plan import DensePlan, format_indices, resolve, runs
 
 NOTE = "splitnet_split"  # the dataset a split layer writes beside its weights
 
@@ -30,8 +29,8 @@ NOTE = "splitnet_split"  # the dataset a split layer writes beside its weights
 _ADDITIVE_REGULARIZERS = (keras.regularizers.L1, keras.regularizers.L2, keras.regularizers.L1L2)
 _PER_COLUMN_CONSTRAINTS = (keras.constraints.MaxNorm, keras.constraints.UnitNorm, keras.constraints.MinMaxNorm)
 
-# Above this many slices, restoring the unit order with one gather (whose
-# gradient is the inverse gather) is cheaper than slicing and concatenating.
+# Above this many runs, selecting input rows or restoring the unit order
+# with one gather is cheaper than slicing and concatenating.
 MAX_SLICES = 16
 
 
@@ -46,12 +45,6 @@ def _slices(x, segments):
 # single entries slowly (measured on 256 x 2048: 0.5 ms against 1.0 ms; on
 # small tensors the transposes cost more than they save).
 GATHER_ROWS_FROM = 1024
-
-# Below this many kernel entries, cutting constant inputs from the gradient
-# saves less than its extra slicing costs (measured: a 256 x 256 stack, batch
-# 32, ran 0.82 of unsplit without it and 0.87 with it).
-CONSTANT_ROWS_FROM = 1 << 18
-
 
 def _take_last(x, index):
     """`x[..., index]`, by the faster of the two gathers (see GATHER_ROWS_FROM)."""
@@ -127,6 +120,7 @@ class SplitDense(keras.layers.Dense):
         self._piece_rows = [None if p.rows is None else blocks.index(p.rows) for p in plan.pieces]
         self._row_runs = [runs(rows) for rows in blocks]
         self._row_index = [np.asarray(rows, dtype="int32") for rows in blocks]
+        self._row_inverse = np.argsort(np.concatenate(self._row_index)).astype("int32") if blocks else None
 
     def build(self, input_shape):
         if input_shape[-1] != self.plan.in_dim:
@@ -181,11 +175,9 @@ class SplitDense(keras.layers.Dense):
 
     def call(self, inputs, training=None):
         views = self._row_views(inputs) if self._row_runs else []
-        if self.plan.constant_rows:
-            views[-1] = ops.stop_gradient(views[-1])  # these inputs depend on no trainable weight
         blocks = [None] * len(self.plan.blocks)
         biases = [None] * len(self.plan.blocks)
-        for piece, values, rows in zip(self.plan.pieces, self._split.pieces, self._piece_rows):
+        for piece, values, rows in self._pieces():
             x = inputs if rows is None else views[rows]
             y = ops.matmul(x, values[0])
             blocks[piece.block] = y if blocks[piece.block] is None else ops.add(blocks[piece.block], y)
@@ -230,12 +222,38 @@ class SplitDense(keras.layers.Dense):
 
     @property
     def kernel(self):
-        """The plain Dense's kernel, assembled (a constant: read it, train the pieces)."""
-        return ops.convert_to_tensor(self.merged_weights()[0])
+        """The plain Dense's kernel, assembled from the pieces with `ops`, so code that
+        reads `layer.kernel` (tied weights) works in traced functions and its gradient
+        reaches the trainable pieces."""
+        blocks = []
+        for block in range(len(self.plan.blocks)):
+            parts = [(rows, values[0]) for piece, values, rows in self._pieces() if piece.block == block]
+            if parts[0][0] is None:  # one piece reads every row
+                blocks.append(parts[0][1])
+                continue
+            stacked = ops.concatenate([k for _, k in sorted(parts, key=lambda part: part[0])], axis=0)
+            blocks.append(ops.take(stacked, self._row_inverse, axis=0))
+        return self._restore_order(blocks, axis=1)
 
     @property
     def bias(self):
-        return ops.convert_to_tensor(self.merged_weights()[1]) if self.use_bias else None
+        """The plain Dense's bias, assembled like `kernel` (None without bias)."""
+        if not self.use_bias:
+            return None
+        biases = [None] * len(self.plan.blocks)
+        for piece, values, _ in self._pieces():
+            if piece.use_bias:
+                biases[piece.block] = values[1]
+        if self._split.bias is not None:
+            biases[0] = self._split.bias
+        return self._restore_order(biases, axis=0)
+
+    def _pieces(self):
+        return zip(self.plan.pieces, self._split.pieces, self._piece_rows)
+
+    def _restore_order(self, blocks, axis):
+        joined = blocks[0] if len(blocks) == 1 else ops.concatenate(blocks, axis=axis)
+        return joined if len(self._segments) == 1 else ops.take(joined, self._perm, axis=axis)
 
     def piece_variables(self):
         """`[(mask of the kernel, mask of the bias, variables)]`: which entries each variable set holds."""
@@ -281,18 +299,6 @@ SplitDense.__name__ = "Dense"
 
 # ------------------------------------------------------------------------------
 # What the rest of splitnet asks of a kind.
-
-
-def _mask_text(indices):
-    parts = [str(a) if b == a + 1 else f"{a}:{b}" for a, b in runs(sorted(indices))]
-    return ", ".join(parts) if parts else "-"
-
-
-# Activations that act entry by entry: a unit's output depends on that unit only.
-_ELEMENTWISE = {
-    "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "tanh", "sigmoid", "hard_sigmoid",
-    "silu", "swish", "softplus", "softsign", "exponential", "mish", "hard_silu", "hard_swish",
-}
 
 
 class _DenseKind:
@@ -361,40 +367,6 @@ class _DenseKind:
                 "would change meaning when the bias is split",
             )
 
-    def refine(self, layer, rule, plan, targets, where):
-        """The plan with `constant_rows` when the input's frozen part needs no gradient, else None.
-
-        That is the case when `layer` (called once) reads the output of a
-        split Dense `producer` (called once) whose input depends on no
-        trainable weight: the producer's frozen units are then constants,
-        and their input gradient is never needed. The refined plan is
-        checked like any other and dropped if the check refuses it.
-
-        Args:
-            targets: `{id(layer): (layer, plan)}` of every layer being split.
-        """
-        if plan.frozen_rows or plan.fully_frozen or plan.in_dim * plan.units < CONSTANT_ROWS_FROM:
-            return None
-        sites = compat.call_sites(layer)
-        if len(sites) != 1 or len(sites[0][0]) != 1:
-            return None
-        source, source_inputs = compat.producer(sites[0][0][0])
-        if source is None or id(source) not in targets or type(source) is not keras.layers.Dense:
-            return None
-        source_plan = targets[id(source)][1]
-        if len(compat.call_sites(source)) != 1 or source_plan.fully_frozen or not source_plan.frozen_units:
-            return None
-        if keras.activations.serialize(source.activation) not in _ELEMENTWISE:
-            return None
-        if _needs_gradient(source_inputs):
-            return None
-        refined = dataclasses.replace(plan, constant_rows=source_plan.frozen_units)
-        try:
-            self.check(layer, rule, refined, where)
-        except SpecError:
-            return None
-        return refined
-
     # -- installing -----------------------------------------------------------------
 
     def install(self, layer, plan, key):
@@ -402,8 +374,7 @@ class _DenseKind:
         if not layer.built:
             raise ModelError(f"layer {key!r} is not built; call the model on an input first")
         kernel, *bias = [np.asarray(w) for w in layer.get_weights()]
-        for attribute in ("_kernel", "bias"):
-            compat.forget_variable(layer, attribute)
+        compat.forget_dense_variables(layer)
         layer.__class__ = SplitDense
         layer._init_split(plan, key)
         with compat.unlocked(layer):
@@ -453,8 +424,8 @@ class _DenseKind:
         return {
             "kind": kind,
             "shape": list(shape),
-            "frozen_units": _mask_text(units),
-            "frozen_rows": _mask_text(rows),
+            "frozen_units": format_indices(units),
+            "frozen_rows": format_indices(rows),
             "bias_frozen": bool(bias),
         }
 
@@ -462,23 +433,6 @@ class _DenseKind:
         """A serialized `SplitDense` -> the serialized plain `Dense` it was split from."""
         config = {k: v for k, v in entry["config"].items() if k != "split"}
         return {**entry, "module": "keras.layers", "class_name": "Dense", "registered_name": None, "config": config}
-
-
-def _needs_gradient(tensors):
-    """Whether any of the symbolic `tensors` depends on a trainable weight."""
-    stack, seen = list(tensors), set()
-    while stack:
-        tensor = stack.pop()
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        operation, inputs = compat.producer(tensor)
-        if operation is None:
-            continue
-        if getattr(operation, "trainable_weights", None):
-            return True
-        stack.extend(inputs)
-    return False
 
 
 KIND = _DenseKind()
