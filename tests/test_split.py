@@ -389,3 +389,18 @@ def test_tied_weights_read_through_kernel():
     after = splitnet.merged_weights(split)["ae/enc"][0]
     np.testing.assert_array_equal(after[masks["kernel"]], model.get_layer("ae").enc.get_weights()[0][masks["kernel"]])
     assert (after != model.get_layer("ae").enc.get_weights()[0])[~masks["kernel"]].all()
+
+
+def test_per_unit_constraint_keeps_its_meaning_after_a_split_producer():
+    # Issue 9, item 5: a consumer with MaxNorm and frozen units, fed by a split producer.
+    inputs = keras.Input((24,), name="x")
+    h = keras.layers.Dense(24, activation="relu", name="l0")(inputs)
+    out = keras.layers.Dense(8, name="l1", kernel_constraint=keras.constraints.MaxNorm(0.5))(h)
+    model = perturb(keras.Model(inputs, out))
+    split = splitnet.split_model(model, {"l0": {"units": "0:12"}, "l1": {"units": [0]}})
+    assert all(piece.rows is None for piece in split.get_layer("l1").plan.pieces)  # columns only
+    split.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    x, _ = data(64, input_shape=(24,))
+    split.fit(x, np.full((64, 8), 5.0, "float32"), epochs=3, verbose=0)
+    kernel = splitnet.merged_weights(split)["l1"][0]
+    assert np.linalg.norm(kernel[:, 1:], axis=0).max() <= 0.5 + 1e-6
