@@ -33,7 +33,7 @@ def merged_weights(model):
     """
     out = {}
     for key, layer in tree.walk(model):
-        kind = kinds.split_kind_of(layer) or kinds.kind_of(layer)
+        kind = kinds.any_kind_of(layer)
         if kind is not None and layer.built:
             out[key] = kind.merged_weights(layer)
     return out

@@ -54,7 +54,8 @@ def load_model(path, compile=True, safe_mode=True, custom_objects=None):
         >>> model.fit(x, y)  # doctest: +SKIP
     """
     notes = [found for kind in kinds.KINDS for found in compat.read_notes(path, kind.note)]
-    if len(notes) <= _split_entries(compat.read_config(path)):  # every split layer is in the config
+    config = compat.read_config(path)
+    if len(notes) <= _split_entries(config):  # every split layer is in the config
         return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode, custom_objects=custom_objects)
     with _scratch() as folder:
         plain = folder / "plain.keras"
@@ -63,7 +64,7 @@ def load_model(path, compile=True, safe_mode=True, custom_objects=None):
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")  # restored below
             model = keras.saving.load_model(plain, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
         _install_noted(model, notes, folder)
-    compile_config = compat.read_config(path).get("compile_config")
+    compile_config = config.get("compile_config")
     if compile and compile_config:
         _compile(model, compile_config)
         _restore_optimizer(model, compat.read_optimizer_variables(path), path)
@@ -77,7 +78,7 @@ def _install_noted(model, notes, folder):
     layer is found again: names are no guide (a layer made in a parent's
     Python code may get a new automatic name on every load).
     """
-    candidates = [layer for _, layer in tree.walk(model) if kinds.kind_of(layer) or kinds.split_kind_of(layer)]
+    candidates = [layer for _, layer in tree.walk(model) if kinds.any_kind_of(layer)]
     located = compat.weight_paths(model, candidates, folder)
     for group, note in notes:
         layer, kind = located.get(group), kinds.by_name(note["kind"])
@@ -155,11 +156,17 @@ def _classes(model):
     return classes
 
 
+def _cannot_copy(model, why, exc=None):
+    """The error for a model that cannot be copied: why, and Keras' own reason if any."""
+    reason = f": {_first_line(exc)}" if exc is not None else ""
+    return ModelError(f"cannot copy model {model.name!r}: {why}{reason}")
+
+
 def _save(model, path):
     try:
         model.save(path)
     except Exception as exc:  # noqa: BLE001 - Keras' reason, with the model's name
-        raise ModelError(f"cannot copy model {model.name!r}: Keras cannot save it: {_first_line(exc)}") from exc
+        raise _cannot_copy(model, "Keras cannot save it", exc) from exc
 
 
 def _first_line(exc):
@@ -222,7 +229,7 @@ def _copy_by_config(model, plain):
                 _plain_config(config) if plain else config, custom_objects=_classes(model), safe_mode=False
             )
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"cannot copy model {model.name!r}: Keras cannot rebuild it from its config: {_first_line(exc)}") from exc
+        raise _cannot_copy(model, "Keras cannot rebuild it from its config", exc) from exc
     return copy if _fill(model, copy, plain) else None
 
 
@@ -248,11 +255,11 @@ def _copy_by_archive(model, plain):
         except ValueError as exc:
             if "could not be loaded" in str(exc):
                 return None  # Keras' known gap: see `_copy_by_cloning`
-            raise ModelError(f"cannot copy model {model.name!r}: Keras cannot load it back: {_first_line(exc)}") from exc
+            raise _cannot_copy(model, "Keras cannot load it back", exc) from exc
         except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"cannot copy model {model.name!r}: Keras cannot load it back: {_first_line(exc)}") from exc
+            raise _cannot_copy(model, "Keras cannot load it back", exc) from exc
     if not _fill(model, copy, plain, assign=False):
-        raise ModelError(f"cannot copy model {model.name!r}: it does not come back from Keras' format the same")
+        raise _cannot_copy(model, "it does not come back from Keras' format the same")
     return copy
 
 
@@ -278,9 +285,9 @@ def _copy_by_cloning(model, plain):
     try:
         copy = clone_function(model)
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"cannot copy model {model.name!r}: {_first_line(exc)}") from exc
+        raise _cannot_copy(model, "keras.models.clone_model fails", exc) from exc
     if not _fill(model, copy, plain):
-        raise ModelError(f"cannot copy model {model.name!r}: its clone does not have the same layers")
+        raise _cannot_copy(model, "its clone does not have the same layers")
     return copy
 
 
@@ -293,13 +300,12 @@ def _fill(model, copy, plain, assign=True):
     one (`transformer_block` -> `transformer_block_1`), and `clone_model`
     names inputs anew.
     """
-    pairs = [(model, copy)] + [(a, b) for (_, a), (_, b) in zip(tree.walk(model), tree.walk(copy))]
-    keys = [key for key, _ in tree.walk(model)]
-    if len(pairs) != len(keys) + 1 or len(list(tree.walk(copy))) != len(keys):
+    originals, twins = list(tree.walk(model)), list(tree.walk(copy))
+    if len(originals) != len(twins):
         return False
-    if any(type(a).__name__ != type(b).__name__ for a, b in pairs[1:]):
+    if any(type(a).__name__ != type(b).__name__ for (_, a), (_, b) in zip(originals, twins)):
         return False
-    for key, (a, b) in zip(keys, pairs[1:]):
+    for (key, a), (_, b) in zip(originals, twins):
         if a.name != b.name:
             b.name = a.name
         kind = kinds.split_kind_of(a)
@@ -307,7 +313,7 @@ def _fill(model, copy, plain, assign=True):
             kind.install(b, a.plan, key)  # held by Python code: not in the config
     if not assign:
         return True
-    for a, b in pairs:
+    for a, b in [(model, copy)] + [(a, b) for (_, a), (_, b) in zip(originals, twins)]:
         kind = kinds.split_kind_of(a)
         values = kind.merged_weights(a) if kind is not None and plain else [np.asarray(w) for w in _own_weights(a)]
         targets = _own_weights(b)

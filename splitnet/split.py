@@ -44,7 +44,7 @@ def frozen_masks(model):
     trainable = tree.trainable_ids(model)
     out = {}
     for key, layer in tree.walk(model):
-        kind = kinds.split_kind_of(layer) or kinds.kind_of(layer)
+        kind = kinds.any_kind_of(layer)
         if kind is not None and layer.built:
             masks = kind.masks(layer, trainable)
             if masks is not None:
@@ -54,7 +54,7 @@ def frozen_masks(model):
 
 def splittable_keys(model):
     """Keys of every layer a rule may name (for suggestions)."""
-    return [key for key, layer in tree.walk(model) if kinds.kind_of(layer) or kinds.split_kind_of(layer)]
+    return [key for key, layer in tree.walk(model) if kinds.any_kind_of(layer)]
 
 
 def plan_layers(model, rules, where):

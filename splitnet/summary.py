@@ -43,11 +43,11 @@ def describe(model, optimizer=None):
     trainable_ids = tree.trainable_ids(model)
     rows = []
     for key, layer in tree.walk(model):
-        kind = kinds.split_kind_of(layer) or kinds.kind_of(layer)
+        kind = kinds.any_kind_of(layer)
         if kind is None or not layer.built:
             continue
         masks = kind.masks(layer, trainable_ids)
-        size = sum(int(w.size) for w in kind.merged_weights(layer))
+        size = sum(int(np.prod(w.shape)) for w in layer.weights)  # the pieces partition the entries
         frozen = int(sum(m.sum() for m in masks.values())) if masks else 0
         rows.append({"layer": key, **kind.describe(layer, masks), "trainable": size - frozen, "frozen": frozen})
     frozen_total = sum(r["frozen"] for r in rows)

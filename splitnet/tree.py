@@ -31,33 +31,28 @@ def walk(model):
     yield from visit(model, "")
 
 
-def find(model, key):
-    """The layer at path `key`, or None."""
-    layer = model
+def along(model, key):
+    """The layers on path `key`, from the top of `model` down, or None if there is none."""
+    layers, layer = [], model
     for part in key.split("/"):
         matches = [child for child in compat.sublayers(layer) if child.name == part]
         if not matches:
             return None
         layer = matches[0]
-    return layer
+        layers.append(layer)
+    return layers
+
+
+def find(model, key):
+    """The layer at path `key`, or None."""
+    layers = along(model, key)
+    return None if layers is None else layers[-1]
 
 
 def chain(model, target):
     """The layers from the top of `model` down to `target` (included), or None."""
-
-    def visit(layer, seen):
-        for child in compat.sublayers(layer):
-            if id(child) in seen:
-                continue
-            seen.add(id(child))
-            if child is target:
-                return [child]
-            below = visit(child, seen)
-            if below is not None:
-                return [child] + below
-        return None
-
-    return visit(model, set())
+    key = next((key for key, layer in walk(model) if layer is target), None)
+    return None if key is None else along(model, key)
 
 
 def trainable_ids(model):

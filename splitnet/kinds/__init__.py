@@ -47,6 +47,11 @@ def split_kind_of(layer):
     return None
 
 
+def any_kind_of(layer):
+    """The kind of `layer`, split or plain, or None."""
+    return split_kind_of(layer) or kind_of(layer)
+
+
 def by_name(name):
     for kind in KINDS:
         if kind.name == name:

@@ -176,19 +176,14 @@ class SplitDense(keras.layers.Dense):
     def call(self, inputs, training=None):
         views = self._row_views(inputs) if self._row_runs else []
         blocks = [None] * len(self.plan.blocks)
-        biases = [None] * len(self.plan.blocks)
         for piece, values, rows in self._pieces():
             x = inputs if rows is None else views[rows]
             y = ops.matmul(x, values[0])
             blocks[piece.block] = y if blocks[piece.block] is None else ops.add(blocks[piece.block], y)
-            if piece.use_bias:
-                biases[piece.block] = values[1]
-        if self._split.bias is not None:
-            biases[0] = self._split.bias
         # Each block's bias is added once, after its pieces are summed: a
         # BiasAdd feeding an Add is a pattern TensorFlow's oneDNN rewrite
         # fuses, and may fail to run ("Fusion is not implemented: [BiasAdd,Add]").
-        blocks = [y if b is None else ops.add(y, b) for y, b in zip(blocks, biases)]
+        blocks = [y if b is None else ops.add(y, b) for y, b in zip(blocks, self._block_biases())]
         joined = self._join(blocks)
         return joined if self.activation is None else self.activation(joined)
 
@@ -240,13 +235,17 @@ class SplitDense(keras.layers.Dense):
         """The plain Dense's bias, assembled like `kernel` (None without bias)."""
         if not self.use_bias:
             return None
+        return self._restore_order(self._block_biases(), axis=0)
+
+    def _block_biases(self):
+        """The bias variable of each column block (None where the block has none)."""
         biases = [None] * len(self.plan.blocks)
         for piece, values, _ in self._pieces():
             if piece.use_bias:
                 biases[piece.block] = values[1]
         if self._split.bias is not None:
             biases[0] = self._split.bias
-        return self._restore_order(biases, axis=0)
+        return biases
 
     def _pieces(self):
         return zip(self.plan.pieces, self._split.pieces, self._piece_rows)
@@ -293,7 +292,8 @@ class SplitDense(keras.layers.Dense):
 # Keras files a layer's weights under its class name (`layers/dense_1/vars`).
 # A split Dense saves the plain Dense's weights, under the plain Dense's
 # name, so a split model's weights file is laid out as the plain model's:
-# merging only rewrites the config. (`registered_name` stays "SplitDense".)
+# a copy through an archive only rewrites the config. (`registered_name`
+# stays "SplitDense".)
 SplitDense.__name__ = "Dense"
 
 
@@ -409,18 +409,19 @@ class _DenseKind:
 
     def describe(self, layer, masks):
         """Shape and frozen index sets, for `splitnet inspect`."""
-        shape = tuple(int(d) for d in layer.kernel.shape)
         if isinstance(layer, SplitDense):
             plan = layer.plan
+            shape = (plan.in_dim, plan.units)  # not `layer.kernel`, which assembles the pieces
             if plan.fully_frozen:
                 units, rows, bias = range(plan.units), (), plan.use_bias
             else:
                 units, rows, bias = plan.frozen_units, plan.frozen_rows, plan.bias_frozen
             kind = "split"
-        elif masks is not None:
-            units, rows, bias, kind = range(layer.units), (), layer.use_bias, "frozen"
         else:
-            units, rows, bias, kind = (), (), False, "trainable"
+            shape = tuple(int(d) for d in layer.kernel.shape)
+            frozen = masks is not None
+            units, rows, bias = (range(layer.units) if frozen else ()), (), frozen and layer.use_bias
+            kind = "frozen" if frozen else "trainable"
         return {
             "kind": kind,
             "shape": list(shape),
