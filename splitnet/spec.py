@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from splitnet.errors import SpecError
@@ -255,16 +256,51 @@ def _positive_int(value, path, where, what="a positive integer"):
 
 
 def parse_index_set(value, path, where):
-    """Check the syntax of an index set: int, "a:b", a list of those, or `all`."""
+    """Check the syntax of an index set: int, "a:b", a list of those, or `all`.
+
+    From Python (a mapping given to `load_spec` or `split_model`) the set may
+    also be what indices naturally come as there: a numpy integer array or
+    scalar (`np.where(...)[0]`), a tuple, a `range` or a `slice` (step 1).
+    """
     allowed = 'an int, a range "a:b", a list of those, or all'
-    if value == "all":
+    if isinstance(value, str) and value == "all":
         return IndexSet(None, path)
+    value = _from_python(value, path, where)
     if isinstance(value, list):
         if not value:
             raise where.error(path, f"empty list; give {allowed}")
         items = tuple(_parse_index_item(v, path + (i,), where) for i, v in enumerate(value))
         return IndexSet(items, path)
     return IndexSet((_parse_index_item(value, path, where),), path)
+
+
+def _from_python(value, path, where):
+    """Python index containers as the YAML grammar's ints, "a:b" strings and lists."""
+    if isinstance(value, slice):
+        if value.step not in (None, 1):
+            raise where.error(path, f"{value!r}: only slices with step 1 are index sets; give a list or np.arange")
+        for bound in (value.start, value.stop):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, np.integer))):
+                raise where.error(path, f"{value!r}: slice bounds must be integers")
+        start, stop = ("" if b is None else int(b) for b in (value.start, value.stop))
+        return f"{start}:{stop}"
+    if isinstance(value, range):
+        return list(value)
+    if isinstance(value, np.ndarray):
+        if value.dtype == bool:
+            raise where.error(path, "a boolean array is a mask, not indices; pass np.flatnonzero(mask)")
+        if not np.issubdtype(value.dtype, np.integer):
+            raise where.error(path, f"indices must be integers, got an array of {value.dtype}")
+        if value.ndim > 1:
+            raise where.error(path, f"indices must be a 1-D array, got shape {value.shape}")
+        return value.tolist()  # Python ints (a 0-d array gives one int)
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, list):
+        return [int(v) if isinstance(v, np.integer) else v for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _parse_index_item(value, path, where):
@@ -299,6 +335,7 @@ def parse_freeze(value, where, path=("freeze",)):
             raise where.error(sub, "nothing to freeze; give units, rows and/or bias: true")
         _check_mapping(entry, sub, where, _FREEZE_KEYS, "units/rows/bias")
         bias = entry.get("bias", False)
+        bias = bool(bias) if isinstance(bias, np.bool_) else bias
         if not isinstance(bias, bool):
             raise where.error(sub + ("bias",), f"expected true or false, got {bias!r}")
         units = entry.get("units")

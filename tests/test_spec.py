@@ -168,3 +168,66 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path):
     # YAML 1.1 reads 1e-3 as a string; an optimizer argument means the number.
     spec = load_spec(write(tmp_path, GOOD.replace("learning_rate: 0.001", "learning_rate: 1e-3")))
     assert spec.train.optimizer_config["config"]["learning_rate"] == 0.001
+
+
+# --- index sets from Python: what np.where, range and slicing naturally give -------------
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _frozen_units(value, units=6):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(units, name="head")(inputs))
+    split = splitnet.split_model(model, {"head": {"units": value}})
+    return np.flatnonzero(splitnet.frozen_masks(split)["head"]["bias"]).tolist()
+
+
+@pytest.mark.parametrize(
+    "value, frozen",
+    [
+        (np.arange(3), [0, 1, 2]),
+        (np.where(np.arange(6) > 3)[0], [4, 5]),
+        (np.int64(2), [2]),
+        (np.array(5, dtype=np.int32), [5]),
+        ((0, 1), [0, 1]),
+        (range(1, 4), [1, 2, 3]),
+        (slice(1, 3), [1, 2]),
+        (slice(-2, None), [4, 5]),
+        (slice(None, 2, 1), [0, 1]),
+        ([np.int64(0), "2:4"], [0, 2, 3]),
+    ],
+    ids=repr,
+)
+def test_python_index_sets(value, frozen):
+    assert _frozen_units(value) == frozen
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (np.array([True, False, True]), "a boolean array is a mask, not indices; pass np.flatnonzero(mask)"),
+        (np.array([0.5]), "indices must be integers, got an array of float64"),
+        (np.zeros((2, 2), int), "indices must be a 1-D array, got shape (2, 2)"),
+        (slice(0, 4, 2), "only slices with step 1 are index sets"),
+        (slice(0.5, 2), "slice bounds must be integers"),
+        (range(0), "empty list"),
+        (np.array([], dtype=int), "empty list"),
+        (np.array([9]), "freeze.head.units[0]: 9 is out of range, layer 'head' has 6 units"),
+        ((0, 0), "'0' overlaps '0'"),
+        ({1, 2}, "is not an index"),
+    ],
+    ids=repr,
+)
+def test_bad_python_index_sets_are_spec_errors(value, message):
+    with pytest.raises(splitnet.SpecError) as info:
+        _frozen_units(value)
+    assert message in str(info.value)
+    assert str(info.value).startswith("freeze.head.units")
+
+
+def test_numpy_bool_bias_flag():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(inputs))
+    split = splitnet.split_model(model, {"head": {"bias": np.bool_(True)}})
+    assert splitnet.frozen_masks(split)["head"]["bias"].all()
