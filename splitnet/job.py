@@ -16,9 +16,8 @@ from splitnet import spec as spec_lib
 from splitnet.errors import SplitnetError
 from splitnet.export import export_saved_model, max_difference, probe_inputs
 from splitnet.files import OutputError, atomic_output, check_output
-from splitnet.merge import merged_weights
-from splitnet.split import build_model, frozen_masks
-from splitnet.verify import compare
+from splitnet.split import build_model
+from splitnet.verify import compare, snapshot
 from splitnet.train import compile_model, get_data
 
 
@@ -80,12 +79,11 @@ def run_spec(spec, out_dir=None, *, force=False, data=None, epochs=None, batch_s
     batch_size = batch_size or train.batch_size
     epochs = epochs or train.epochs
 
-    before = merged_weights(model)
-    masks = frozen_masks(model)
+    before = snapshot(model)
     loss_before = _loss(model.evaluate(dataset.x, dataset.y, batch_size=batch_size, verbose=0))
     model.fit(dataset.x, dataset.y, validation_data=dataset.validation, epochs=epochs, batch_size=batch_size, verbose=verbose)
     loss_after = _loss(model.evaluate(dataset.x, dataset.y, batch_size=batch_size, verbose=0))
-    check = compare(before, merged_weights(model), masks)
+    check = compare(before, snapshot(model))
     if check.changed:
         raise FrozenEntriesChanged(f"{check.changed} frozen entries changed during training (first: {check.describe_first()})")
 

@@ -315,8 +315,8 @@ def _fill(model, copy, plain, assign=True):
         return True
     for a, b in [(model, copy)] + [(a, b) for (_, a), (_, b) in zip(originals, twins)]:
         kind = kinds.split_kind_of(a)
-        values = kind.merged_weights(a) if kind is not None and plain else [np.asarray(w) for w in _own_weights(a)]
-        targets = _own_weights(b)
+        values = kind.merged_weights(a) if kind is not None and plain else [np.asarray(w) for w in tree.own_weights(a)]
+        targets = tree.own_weights(b)
         if [tuple(v.shape) for v in values] != [tuple(t.shape) for t in targets]:
             return False
         for variable, value in zip(targets, values):
@@ -334,9 +334,3 @@ def _plain_config(node):
     if isinstance(node, list):
         return [_plain_config(v) for v in node]
     return node
-
-
-def _own_weights(layer):
-    """The weights a layer holds itself, not through its sub-layers, in its order."""
-    inner = {id(w) for child in compat.sublayers(layer) for w in child.weights}
-    return [w for w in layer.weights if id(w) not in inner]

@@ -55,6 +55,12 @@ def chain(model, target):
     return None if key is None else along(model, key)
 
 
+def own_weights(layer):
+    """The weights a layer holds itself, not through its sub-layers, in its order."""
+    inner = {id(w) for child in compat.sublayers(layer) for w in child.weights}
+    return [w for w in layer.weights if id(w) not in inner]
+
+
 def trainable_ids(model):
     """Ids of the variables `fit` would train: the truth about what is frozen."""
     return {id(v) for v in model.trainable_variables}

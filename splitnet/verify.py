@@ -1,4 +1,19 @@
-"""Check, bit for bit, that frozen entries did not move: for `splitnet run` and `splitnet verify`."""
+"""Check, bit for bit, that frozen entries did not move: for `splitnet run` and `splitnet verify`.
+
+Every weight of the model is compared, in the plain layer's layout (a split
+layer's pieces are merged first), so a split model can be compared with its
+merged copy. Two kinds of entries are counted:
+
+* frozen: the entries of splittable layers that do not train (a split
+  layer's frozen pieces, a Dense with `trainable = False`). These must be
+  bit-identical; that is what splitnet promises.
+* trainable: every entry `fit` trains, in any layer (a split layer's
+  trainable pieces, every other trainable weight). Reported as moved or not.
+
+Weights that are neither (a BatchNorm's moving statistics, a layer the user
+froze that splitnet does not split) are not counted: they may change
+legitimately, or are not splitnet's to check.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +21,10 @@ import dataclasses
 
 import numpy as np
 
+from splitnet import kinds, tree
 from splitnet.errors import InputError
-from splitnet.merge import merged_weights
-from splitnet.split import frozen_masks
+
+_PLAIN_NAMES = ("kernel", "bias")
 
 
 @dataclasses.dataclass
@@ -18,9 +34,9 @@ class FrozenCheck:
     Attributes:
         frozen: Frozen entries compared.
         changed: Frozen entries whose bits differ (0 is the promise).
-        trainable: Other entries of the same layers.
-        moved: Other entries that differ (training moved them).
-        first: Up to 5 changed frozen entries: `(layer, "kernel"|"bias", index, before, after)`.
+        trainable: Entries that `fit` trains, in every layer of the model.
+        moved: Trainable entries that differ (training moved them).
+        first: Up to 5 changed frozen entries: `(layer, weight name, index, before, after)`.
     """
 
     frozen: int = 0
@@ -33,62 +49,117 @@ class FrozenCheck:
         return "; ".join(f"{k}.{kind}{list(i)}: {a!r} -> {b!r}" for k, kind, i, a, b in self.first)
 
 
+@dataclasses.dataclass
+class LayerWeights:
+    """One layer's own weights in the plain layout, and which entries are frozen or trained."""
+
+    key: str
+    names: list
+    values: list
+    frozen: list  # bool masks: frozen entries (splittable layers only)
+    trained: list  # bool masks: entries `fit` trains
+
+
+def snapshot(model):
+    """Every layer's own weights (merged for split layers), in walk order, with their roles.
+
+    Example:
+        >>> import keras
+        >>> inputs = keras.Input((4,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(3, name="d")(inputs))
+        >>> [(w.key, w.names) for w in snapshot(model)]
+        [('d', ['kernel', 'bias'])]
+    """
+    trainable = tree.trainable_ids(model)
+    out = []
+    for key, layer in tree.walk(model):
+        kind = kinds.any_kind_of(layer)
+        if kind is not None and layer.built:
+            values = kind.merged_weights(layer)
+            masks = kind.masks(layer, trainable) or {}
+            names = list(_PLAIN_NAMES[: len(values)])
+            frozen = [_mask(masks.get(name), value.shape) for name, value in zip(names, values)]
+            out.append(LayerWeights(key, names, values, frozen, [~f for f in frozen]))
+            continue
+        weights = tree.own_weights(layer)
+        if not weights:
+            continue
+        values = [np.array(w) for w in weights]  # a copy, not a view of the variable
+        out.append(
+            LayerWeights(
+                key,
+                [w.name for w in weights],
+                values,
+                [np.zeros(v.shape, bool) for v in values],
+                [np.full(v.shape, id(w) in trainable) for w, v in zip(weights, values)],
+            )
+        )
+    return out
+
+
+def _mask(mask, shape):
+    return mask if mask is not None and mask.shape == shape else np.zeros(shape, bool)
+
+
 def _bits_differ(a, b):
     """Elementwise: do the two arrays differ in any bit? (NaN == NaN, 0.0 != -0.0.)"""
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     return (a.view(np.uint8).reshape(a.shape + (-1,)) != b.view(np.uint8).reshape(b.shape + (-1,))).any(axis=-1)
 
 
-def compare(before, after, masks):
-    """Compare two `merged_weights` dicts on `frozen_masks`-style masks.
+def compare(before, after):
+    """Compare two `snapshot`s of the same architecture, layer by layer in walk order.
 
-    Layers in `before` without a mask count as wholly trainable.
+    An entry is frozen when either snapshot says so, and trainable (and not
+    frozen) when either says so; so a split model compares with its merged
+    copy in either order.
+
+    Raises:
+        InputError: the two do not have the same layers and weight shapes.
 
     Example:
-        >>> import numpy as np
-        >>> w = {"d": [np.zeros((2, 2), "float32")]}
-        >>> moved = {"d": [np.array([[0, 1], [0, 0]], "float32")]}
-        >>> masks = {"d": {"kernel": np.array([[True, False], [False, False]]), "bias": np.zeros(0, bool)}}
-        >>> check = compare(w, moved, masks)
-        >>> check.frozen, check.changed, check.moved
-        (1, 0, 1)
+        >>> import keras, splitnet
+        >>> inputs = keras.Input((4,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(3, name="d")(inputs))
+        >>> split = splitnet.split_model(model, {"d": {"units": [0]}})
+        >>> check = compare(snapshot(split), snapshot(splitnet.merge_model(split)))
+        >>> check.frozen, check.changed, check.trainable, check.moved
+        (5, 0, 10, 0)
     """
+    if len(before) != len(after):
+        raise InputError(
+            f"BEFORE has {len(before)} layers with weights but AFTER has {len(after)}; "
+            "are BEFORE and AFTER the same model?"
+        )
     check = FrozenCheck()
-    for key, weights in before.items():
-        mask = masks.get(key, {})
-        for kind, old, new in zip(("kernel", "bias"), weights, after[key]):
-            frozen = mask.get(kind)
-            if frozen is None or frozen.shape != old.shape:
-                frozen = np.zeros(old.shape, bool)
-            differs = _bits_differ(old, new)
+    for old, new in zip(before, after):
+        shapes = [v.shape for v in old.values], [v.shape for v in new.values]
+        if shapes[0] != shapes[1]:
+            raise InputError(
+                f"layer {old.key!r} has weights of shapes {shapes[0]} in BEFORE but {shapes[1]} in AFTER "
+                f"(layer {new.key!r}); are BEFORE and AFTER the same model?"
+            )
+        for i, (name, a, b) in enumerate(zip(old.names, old.values, new.values)):
+            frozen = old.frozen[i] | new.frozen[i]
+            trained = (old.trained[i] | new.trained[i]) & ~frozen
+            differs = _bits_differ(a, b)
             check.frozen += int(frozen.sum())
             check.changed += int((differs & frozen).sum())
-            check.trainable += int((~frozen).sum())
-            check.moved += int((differs & ~frozen).sum())
+            check.trainable += int(trained.sum())
+            check.moved += int((differs & trained).sum())
             for index in zip(*np.nonzero(differs & frozen)):
                 if len(check.first) < 5:
-                    check.first.append((key, kind, tuple(int(i) for i in index), old[index].item(), new[index].item()))
+                    check.first.append((old.key, name, tuple(int(j) for j in index), a[index].item(), b[index].item()))
     return check
-
-
-def _union(a, b):
-    """Masks frozen in either model (where both have a layer, their shapes must agree)."""
-    out = {key: dict(value) for key, value in a.items()}
-    for key, value in b.items():
-        if key not in out:
-            out[key] = dict(value)
-            continue
-        for kind, mask in value.items():
-            if out[key][kind].shape == mask.shape:
-                out[key][kind] = out[key][kind] | mask
-    return out
 
 
 def verify(before, after):
     """Check that every frozen entry of `after` equals `before`, bit for bit.
 
     An entry is checked when either model records it as frozen (a split
-    model's split layers, a non-trainable Dense), so `after` may be split or merged.
+    model's split layers, a non-trainable Dense), so `after` may be split or
+    merged. Every other weight that trains is compared too, to count what
+    training moved.
 
     Args:
         before: The model before training (usually the split model).
@@ -101,20 +172,12 @@ def verify(before, after):
         InputError: neither model records frozen entries, or the layers differ.
 
     Example:
-        >>> check = splitnet.verify(keras.saving.load_model("split.keras"),
-        ...                         keras.saving.load_model("merged.keras"))  # doctest: +SKIP
+        >>> check = splitnet.verify(splitnet.load_model("split.keras"),
+        ...                         splitnet.load_model("merged.keras"))  # doctest: +SKIP
         >>> check.changed  # doctest: +SKIP
         0
     """
-    masks = _union(frozen_masks(before), frozen_masks(after))
-    if not masks:
+    old, new = snapshot(before), snapshot(after)
+    if not any(m.any() for layer in old + new for m in layer.frozen):
         raise InputError("neither model records frozen entries; give the split model (from build, train or run)")
-    old, new = merged_weights(before), merged_weights(after)
-    for key in masks:
-        for model_weights, which in ((old, "BEFORE"), (new, "AFTER")):
-            if key not in model_weights:
-                raise InputError(f"{which} has no layer {key!r} (are BEFORE and AFTER the same model?)")
-        shapes = ([w.shape for w in old[key]], [w.shape for w in new[key]])
-        if shapes[0] != shapes[1]:
-            raise InputError(f"layer {key!r} has weights of shapes {shapes[0]} in BEFORE but {shapes[1]} in AFTER")
-    return compare({k: old[k] for k in masks}, {k: new[k] for k in masks}, masks)
+    return compare(old, new)

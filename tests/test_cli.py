@@ -292,3 +292,29 @@ def test_commands_on_a_layer_inside_a_layer(tmp_path):
     report = invoke("run", spec, "-o", tmp_path / "run")
     assert report.exit_code == 0, report.output
     assert "all bit-identical after training (checked)" in report.output
+
+
+def test_trainable_counts_cover_every_weight_that_trains(tmp_path):
+    # One frozen row of a 20x5 head; the unsplit hidden Dense and the BatchNorm's gamma
+    # and beta train too (8*20+20 + 2*20 + 20*5 = 320), the BatchNorm's moving
+    # statistics do not and are not counted.
+    inputs = keras.Input((8,))
+    h = keras.layers.BatchNormalization(name="norm")(keras.layers.Dense(20, activation="tanh", name="hidden")(inputs))
+    keras.Model(inputs, keras.layers.Dense(5, name="head")(h)).save(tmp_path / "base.keras")
+    (tmp_path / "spec.yaml").write_text("base: base.keras\nfreeze:\n  head: {rows: 0}\ntrain: {loss: mse, epochs: 1}\n")
+    assert invoke("build", tmp_path / "spec.yaml", "-o", tmp_path / "split.keras").exit_code == 0
+    assert invoke("train", tmp_path / "split.keras", "-o", tmp_path / "trained.keras").exit_code == 0
+    result = invoke("verify", tmp_path / "split.keras", tmp_path / "trained.keras")
+    assert result.output.strip() == "OK: all 5 frozen entries are bit-identical; 320 of 320 trainable entries moved"
+    from splitnet.job import run_spec
+
+    report = run_spec(tmp_path / "spec.yaml", tmp_path / "run", verbose=0)
+    assert (report["frozen_entries"], report["trainable_entries"], report["trainable_moved"]) == (5, 320, 320)
+
+
+def test_verify_refuses_different_architectures(built, tmp_path):
+    inputs = keras.Input((32,))
+    keras.Model(inputs, keras.layers.Dense(10, name="head")(inputs)).save(tmp_path / "other.keras")
+    result = invoke("verify", built, tmp_path / "other.keras")
+    assert result.exit_code == 2
+    assert "BEFORE has 2 layers with weights but AFTER has 1; are BEFORE and AFTER the same model?" in result.stderr
