@@ -21,7 +21,7 @@ from splitnet.files import atomic_output, check_output, load_keras, save_keras
 from splitnet.job import build_compiled, format_report, run_spec
 from splitnet.spec import TrainSpec
 from splitnet.summary import describe, format_table, plot_masks
-from splitnet.train import get_data, set_learning_rate
+from splitnet.train import StopOnNonFiniteLoss, get_data, set_learning_rate
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
 
@@ -108,7 +108,7 @@ def build(spec_path, output, force):
     Example:
       splitnet build configs/quickstart.yaml -o split.keras
     """
-    check_output(output, force)
+    check_output(output, force, suffix=".keras")
     model, _ = _model_from(spec_path)
     save_keras(model, output, force)
     info = describe(model)
@@ -145,13 +145,16 @@ def train(input_path, data, epochs, batch_size, learning_rate, strategy, output,
       splitnet train split.keras --strategy mirrored -o trained.keras
     """
     strategy = make_strategy(strategy)  # first: multiworker must start before other TF work
-    check_output(output, force)
+    check_output(output, force, suffix=".keras")
     with strategy.scope():
         model, settings = _model_from(input_path, learning_rate)
     if model.optimizer is None:
         raise InputFileError(f"{input_path} was saved without a compile config; train from its spec instead")
     dataset = get_data(model, data or settings.data, seed=settings.seed)
-    distribute.fit(model, strategy, dataset, epochs or settings.epochs, batch_size or settings.batch_size, click.echo)
+    distribute.fit(
+        model, strategy, dataset, epochs or settings.epochs, batch_size or settings.batch_size, click.echo,
+        callbacks=[StopOnNonFiniteLoss()],
+    )
     save_keras(model, output, force)
     click.echo(f"wrote {output}")
 
@@ -167,7 +170,7 @@ def merge(input_path, output, force):
     Example:
       splitnet merge trained.keras -o merged.keras
     """
-    check_output(output, force)
+    check_output(output, force, suffix=".keras")
     merged = splitnet.merge_model(load_keras(input_path))
     save_keras(merged, output, force)
     click.echo(f"wrote {output}")

@@ -16,9 +16,11 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from splitnet.errors import InputError
+from splitnet.train import TrainingDiverged
 
 STRATEGIES = ("none", "mirrored", "multiworker")
 
@@ -49,7 +51,7 @@ def make_strategy(name):
     raise InputError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
 
-def fit(model, strategy, data, epochs, batch_size, echo=print):
+def fit(model, strategy, data, epochs, batch_size, echo=print, callbacks=()):
     """Train `model` on `data` under `strategy`: `model.fit`, except for multi-worker.
 
     Keras 3's `fit` fails under `MultiWorkerMirroredStrategy` (it reduces
@@ -66,12 +68,16 @@ def fit(model, strategy, data, epochs, batch_size, echo=print):
         data: `train.Data`.
         epochs, batch_size: As for `fit`; `batch_size` is the global batch.
         echo: Prints the multi-worker loop's progress lines.
+        callbacks: Keras callbacks for `fit`; the multi-worker loop stops on
+            a non-finite loss itself and calls `on_epoch_end` of each.
     """
     import keras
     import tensorflow as tf
 
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return model.fit(data.x, data.y, validation_data=data.validation, epochs=epochs, batch_size=batch_size)
+        return model.fit(
+            data.x, data.y, validation_data=data.validation, epochs=epochs, batch_size=batch_size, callbacks=list(callbacks)
+        )
     if len(model.outputs) != 1 or isinstance(data.x, list):
         raise InputError("--strategy multiworker supports models with one input and one output")
     loss_fn = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss.call
@@ -96,7 +102,14 @@ def fit(model, strategy, data, epochs, batch_size, echo=print):
 
         return strategy.reduce("SUM", strategy.run(replica_step, args=(x, y)), axis=None)
 
+    for callback in callbacks:
+        callback.set_model(model)
     for epoch in range(epochs):
         losses = [float(step(x, y)) for x, y in batches]
-        echo(f"epoch {epoch + 1}/{epochs} - {len(losses)} steps - loss: {sum(losses) / len(losses):.4f}")
+        loss = sum(losses) / len(losses)
+        echo(f"epoch {epoch + 1}/{epochs} - {len(losses)} steps - loss: {loss:.4f}")
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"the loss became {loss} in epoch {epoch + 1}; training stopped (a lower learning rate may help)")
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, {"loss": loss})
     return None

@@ -59,13 +59,26 @@ def _remove(path):
         os.unlink(path)
 
 
-def check_output(path, force=False):
-    """Refuse an existing `path` unless `force`, and a missing parent folder."""
+def check_output(path, force=False, suffix=None):
+    """Refuse, before any work, an output that could not be written at the end.
+
+    That is: an existing `path` unless `force`, a missing parent folder, a
+    folder this process cannot write in (tried by creating a file there:
+    permission bits do not tell for root or read-only file systems), and a
+    wrong `suffix`.
+    """
     path = Path(path)
+    if suffix is not None and path.suffix != suffix:
+        raise OutputError(f"{path}: a Keras model file must end in {suffix}")
     if os.path.lexists(path) and not force:
         raise OutputError(f"{path} already exists; overwrite it with --force (force=True in Python)")
     if not path.parent.is_dir():
         raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.probe-", dir=path.parent):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write in {path.parent}: {exc.strerror}") from None
     return path
 
 
@@ -140,9 +153,7 @@ def save_keras(model, path, force=False):
     Example:
         >>> save_keras(model, "split.keras")  # doctest: +SKIP
     """
-    path = Path(path)
-    if path.suffix != ".keras":
-        raise OutputError(f"{path}: a Keras model file must end in .keras")
+    path = check_output(path, force, suffix=".keras")
     with atomic_output(path, force) as tmp:
         model.save(tmp)
     return path

@@ -18,7 +18,7 @@ from splitnet.export import export_saved_model, max_difference, probe_inputs
 from splitnet.files import OutputError, atomic_output, check_output
 from splitnet.split import build_model
 from splitnet.verify import compare, snapshot
-from splitnet.train import compile_model, get_data
+from splitnet.train import StopOnNonFiniteLoss, compile_model, get_data
 
 
 class FrozenEntriesChanged(SplitnetError):
@@ -81,7 +81,15 @@ def run_spec(spec, out_dir=None, *, force=False, data=None, epochs=None, batch_s
 
     before = snapshot(model)
     loss_before = _loss(model.evaluate(dataset.x, dataset.y, batch_size=batch_size, verbose=0))
-    model.fit(dataset.x, dataset.y, validation_data=dataset.validation, epochs=epochs, batch_size=batch_size, verbose=verbose)
+    model.fit(
+        dataset.x,
+        dataset.y,
+        validation_data=dataset.validation,
+        epochs=epochs,
+        batch_size=batch_size,
+        verbose=verbose,
+        callbacks=[StopOnNonFiniteLoss()],
+    )
     loss_after = _loss(model.evaluate(dataset.x, dataset.y, batch_size=batch_size, verbose=0))
     check = compare(before, snapshot(model))
     if check.changed:

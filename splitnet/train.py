@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from splitnet.errors import InputError
+from splitnet.errors import InputError, SplitnetError
 
 _CLASSIFICATION_LOSSES = {
     "sparse_categorical_crossentropy": "sparse",
@@ -25,6 +26,35 @@ _CLASSIFICATION_LOSSES = {
 
 class DataError(InputError):
     """Training data cannot be used with this model."""
+
+
+class TrainingDiverged(SplitnetError):
+    """The loss became NaN or infinite during training."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop `fit` with `TrainingDiverged` as soon as the loss is NaN or infinite.
+
+    Keras' own `TerminateOnNaN` stops quietly and `fit` returns as if it had
+    finished; a run should fail instead, saying when, before anything is saved.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            if sys.stdout.isatty():
+                sys.stdout.write("\n")  # end the progress bar's line before the error
+            raise TrainingDiverged(
+                f"the loss became {float(loss)} in epoch {self.epoch + 1} (batch {batch + 1}); training stopped "
+                "(a lower learning rate may help)"
+            )
 
 
 @dataclasses.dataclass
@@ -220,8 +250,25 @@ def load_data(path, model):
                 )
             if len(array) != len(ys):
                 raise DataError(f"{path}: {name} has {len(array)} samples but its labels have {len(ys)}")
+        named = [(name, xs)] if not isinstance(xs, list) else [(f"{name}_{i}", a) for i, a in enumerate(xs)]
+        for array_name, array in named + [("y" if name == "x" else "y_val", ys)]:
+            _check_finite(path, array_name, array)
         _check_targets(path, ys, model)
     return data
+
+
+def _check_finite(path, name, array):
+    """NaN or infinity in the data makes the loss NaN, and the failure shows up far from its cause."""
+    if not np.issubdtype(array.dtype, np.inexact):
+        return
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first, count = int(np.argwhere(bad)[0][0]), int(bad.sum())
+        raise DataError(
+            f"{path}: {name} has {count:,} non-finite value{'s' if count > 1 else ''} (NaN or inf), "
+            f"the first in sample {first}; "
+            "remove or replace them"
+        )
 
 
 def _check_targets(path, y, model):

@@ -105,12 +105,18 @@ def workdir(tmp_path, good_keras):
     np.savez(tmp_path / "shape.npz", x=rng.normal(size=(8, 31)).astype("float32"), y=np.zeros(8, int))
     np.savez(tmp_path / "labels.npz", x=rng.normal(size=(8, 32)).astype("float32"), y=np.arange(8) * 3)
     (tmp_path / "text.npz").write_text("x,y\n1,2\n")
+    x = rng.normal(size=(256, 32)).astype("float32")
+    np.savez(tmp_path / "finite.npz", x=x, y=np.arange(256) % 10)  # 4 batches: the loss can diverge
+    x = x[:64]
+    x[3, 0], x[9, 5] = np.nan, -np.inf
+    np.savez(tmp_path / "nan.npz", x=x, y=np.arange(64) % 10)
+    np.savez(tmp_path / "nan-y.npz", x=np.zeros((8, 32), "float32"), y=np.array([0, 1, np.nan, 3, 4, 5, 6, 7]))
     (tmp_path / "spec.yaml").write_text(SPEC)
     (tmp_path / "out.keras").write_text("precious")
     return tmp_path
 
 
-def run(workdir, args):
+def run(workdir, args, full=False):
     before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
     result = CliRunner().invoke(main, [a.format(tmp=workdir) for a in args])
     assert "Traceback" not in result.output
@@ -120,7 +126,7 @@ def run(workdir, args):
     after = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
     assert after == before
     assert sorted(p.name for p in workdir.iterdir()) == sorted(before)
-    return result.exit_code, lines[0]
+    return (result.exit_code, lines[0], result) if full else (result.exit_code, lines[0])
 
 
 @pytest.mark.parametrize("case_id, text, expected", SPEC_CASES, ids=[c[0] for c in SPEC_CASES])
@@ -149,19 +155,30 @@ OTHER_CASES = [
     ("train-unknown-suffix", ["train", "{tmp}/text.npz"], 2, "{tmp}/text.npz: expected a spec (.yaml) or a Keras model (.keras)"),
     ("zero-epochs-option", ["train", "{tmp}/spec.yaml", "--epochs", "0"], 2, "Invalid value for '--epochs'"),
     ("bad-strategy", ["train", "{tmp}/spec.yaml", "--strategy", "tpu"], 2, "Invalid value for '--strategy'"),
+    ("nan-data", ["train", "{tmp}/spec.yaml", "--data", "{tmp}/nan.npz"], 2, "nan.npz: x has 2 non-finite values (NaN or inf), the first in sample 3"),
+    ("nan-labels", ["train", "{tmp}/spec.yaml", "--data", "{tmp}/nan-y.npz"], 2, "nan-y.npz: y has 1 non-finite value (NaN or inf), the first in sample 2"),
+    ("nan-data-run", ["run", "{tmp}/spec.yaml", "--data", "{tmp}/nan.npz"], 2, "nan.npz: x has 2 non-finite values"),
+    ("loss-diverges", ["train", "{tmp}/spec.yaml", "--data", "{tmp}/finite.npz", "--learning-rate", "1e35"], 1, "TrainingDiverged: the loss became nan in epoch 1 (batch "),
+    ("loss-diverges-run", ["run", "{tmp}/spec.yaml", "--data", "{tmp}/finite.npz", "--learning-rate", "1e35"], 1, "TrainingDiverged: the loss became nan in epoch 1 (batch "),
+    ("train-output-suffix", ["train", "{tmp}/spec.yaml", "-o", "{tmp}/out.h5"], 2, "{tmp}/out.h5: a Keras model file must end in .keras"),
+    ("train-read-only", ["train", "{tmp}/spec.yaml", "-o", "/proc/splitnet-test.keras"], 2, "cannot write in /proc:"),
     ("verify-plain-models", ["verify", "{tmp}/good.keras", "{tmp}/good.keras"], 2, "neither model records frozen entries"),
 ]
 
 
 @pytest.mark.parametrize("case_id, args, code, expected", OTHER_CASES, ids=[c[0] for c in OTHER_CASES])
 def test_bad_files_and_arguments(workdir, case_id, args, code, expected):
-    if args[0] in ("train", "merge"):
+    if args[0] in ("train", "merge") and "-o" not in args:
         args = args + ["-o", "{tmp}/out.keras", "--force"]
     elif args[0] == "export":
         args = args + ["-o", "{tmp}/exported"]
-    got, line = run(workdir, args)
+    elif args[0] == "run":
+        args = args + ["-o", "{tmp}/run"]
+    got, line, result = run(workdir, args, full=True)
     assert got == code
     assert expected.format(tmp=workdir) in line, line
+    if not case_id.startswith("loss-diverges"):  # every other mistake is found before training starts
+        assert "Epoch 1/" not in result.stdout
 
 
 @pytest.mark.parametrize(
