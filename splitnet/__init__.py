@@ -7,35 +7,49 @@ Example:
     (32, 64)
 """
 
-from splitnet._startup import quiet_tensorflow_import
+import importlib
 
-quiet_tensorflow_import()  # only when running as the `splitnet` command
-
-from splitnet.errors import ModelError, SpecError, SplitnetError  # noqa: E402
-from splitnet.export import export_saved_model  # noqa: E402
-from splitnet.kinds.dense import SplitDense  # noqa: E402
-from splitnet.merge import merge_model, merged_weights  # noqa: E402
-from splitnet.saving import load_model  # noqa: E402
-from splitnet.spec import Spec, load_spec  # noqa: E402
-from splitnet.split import build_model, frozen_masks, split_model  # noqa: E402
-from splitnet.verify import verify  # noqa: E402
+from splitnet._startup import invoked_as_command
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ModelError",
-    "Spec",
-    "SpecError",
-    "SplitDense",
-    "SplitnetError",
-    "build_model",
-    "export_saved_model",
-    "frozen_masks",
-    "load_model",
-    "load_spec",
-    "merge_model",
-    "merged_weights",
-    "split_model",
-    "verify",
-    "__version__",
-]
+# Public name -> the module that defines it.
+_PUBLIC = {
+    "ModelError": "splitnet.errors",
+    "SpecError": "splitnet.errors",
+    "SplitnetError": "splitnet.errors",
+    "export_saved_model": "splitnet.export",
+    "SplitDense": "splitnet.kinds.dense",
+    "merge_model": "splitnet.merge",
+    "merged_weights": "splitnet.merge",
+    "load_model": "splitnet.saving",
+    "Spec": "splitnet.spec",
+    "load_spec": "splitnet.spec",
+    "build_model": "splitnet.split",
+    "frozen_masks": "splitnet.split",
+    "split_model": "splitnet.split",
+    "verify": "splitnet.verify",
+}
+
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'splitnet' has no attribute {name!r}")
+
+
+def import_all():
+    """Import every public name now; this also registers splitnet's layers with Keras."""
+    for name in _PUBLIC:
+        __getattr__(name)
+
+
+# `import splitnet` registers the split layers with Keras, so that
+# `keras.saving.load_model` reads split models; only the command defers it
+# (see `_startup`).
+if not invoked_as_command():
+    import_all()

@@ -1,10 +1,12 @@
-"""Hide TensorFlow's C++ start-up chatter when splitnet runs as the `splitnet` command.
+"""What differs when splitnet runs as the `splitnet` command.
 
-The command imports this package (and so TensorFlow) before any of its own
-code runs, and TensorFlow's CUDA probe writes to file descriptor 2 below
-Python's reach, whatever `TF_CPP_MIN_LOG_LEVEL` says. Only for the command,
-and only during the import, that output is captured; it is shown if the
-import fails. Python users importing splitnet see TensorFlow as usual.
+The command should answer `--help`, `--version` and usage errors without
+importing TensorFlow (seconds and hundreds of megabytes), so the package
+imports its modules lazily there, and the commands import them when they
+run. And TensorFlow's C++ start-up chatter (its CUDA probe writes to file
+descriptor 2, below Python's reach, whatever `TF_CPP_MIN_LOG_LEVEL` says) is
+captured during that import and shown only if the import fails. Python users
+importing splitnet get everything at once and see TensorFlow as usual.
 """
 
 import os
@@ -12,8 +14,14 @@ import sys
 import tempfile
 
 
+def invoked_as_command():
+    """Whether this process is the `splitnet` console script."""
+    return os.path.basename(sys.argv[0] if sys.argv else "") == "splitnet"
+
+
 def quiet_tensorflow_import():
-    if "tensorflow" in sys.modules or os.path.basename(sys.argv[0] if sys.argv else "") != "splitnet":
+    """Import TensorFlow with its start-up output captured (for the command only)."""
+    if "tensorflow" in sys.modules or not invoked_as_command():
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with tempfile.TemporaryFile() as captured:

@@ -1,29 +1,28 @@
 """The `splitnet` command: a thin shell over the library.
 
 This is the only place where exceptions become messages and exit codes:
-0 success, 2 a bad spec, bad arguments or bad input files, 1 anything else.
-Errors are one line on stderr, never a traceback.
+0 success, 2 a bad spec, bad arguments or bad input files, 1 anything else,
+130 interrupted (Ctrl-C). Errors are one line on stderr, never a traceback.
+
+Only click and splitnet's light modules are imported here: TensorFlow (and
+the library, which needs it) is imported by each command's body, so `--help`,
+`--version` and usage errors answer at once.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
-import tensorflow as tf
 
-import splitnet
-from splitnet import distribute
-from splitnet.distribute import STRATEGIES, make_strategy
+from splitnet import __version__
+from splitnet._startup import quiet_tensorflow_import
+from splitnet.distribute import STRATEGIES
 from splitnet.errors import InputError
-from splitnet.files import atomic_output, check_output, load_keras, save_keras
-from splitnet.job import build_compiled, format_report, run_spec
-from splitnet.spec import TrainSpec
-from splitnet.summary import describe, format_table, plot_masks
-from splitnet.train import StopOnNonFiniteLoss, get_data, set_learning_rate
 
-EXIT_FAILURE, EXIT_USAGE = 1, 2
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 class InputFileError(InputError):
@@ -34,9 +33,16 @@ def _one_line(exc):
     """The line of an exception's message that says what went wrong."""
     text = str(getattr(exc, "message", None) or exc)
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("[[")]
-    if isinstance(exc, tf.errors.OpError) and lines:
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(exc, tf.errors.OpError) and lines:
         return lines[-1]  # TensorFlow puts the op's traceback first and the reason last
     return lines[0] if lines else type(exc).__name__
+
+
+def _with_hint(message, exc):
+    """Add where a stopped job left its progress (`EpochCheckpoint.resume_hint`)."""
+    hint = getattr(exc, "resume_hint", "")
+    return f"{message}; {hint}" if hint else message
 
 
 class _Group(click.Group):
@@ -49,20 +55,22 @@ class _Group(click.Group):
             ctx.exit(EXIT_USAGE)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except KeyboardInterrupt:
-            click.echo("splitnet: interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            if sys.stdout.isatty():
+                click.echo()  # end a progress bar's line
+            click.echo(_with_hint("splitnet: interrupted", exc), err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
             usage = isinstance(exc, InputError)
             message = _one_line(exc)
             if not usage and not message.startswith(type(exc).__name__):
                 message = f"{type(exc).__name__}: {message}"
-            click.echo(f"splitnet: error: {message}", err=True)
+            click.echo(_with_hint(f"splitnet: error: {message}", exc), err=True)
             ctx.exit(EXIT_USAGE if usage else EXIT_FAILURE)
 
 
 @click.group(name="splitnet", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(splitnet.__version__, "--version", prog_name="splitnet")
+@click.version_option(__version__, "--version", prog_name="splitnet")
 def main():
     """Freeze chosen units or input rows of Keras Dense layers, exactly.
 
@@ -76,17 +84,40 @@ def _is_spec(path):
     return Path(path).suffix.lower() in (".yaml", ".yml")
 
 
+def _library():
+    """Import TensorFlow (quietly) and the library: the commands' first step."""
+    quiet_tensorflow_import()
+    import splitnet
+
+    splitnet.import_all()
+    return splitnet
+
+
 def _model_from(path, learning_rate=None):
-    """A compiled model from a spec (built and compiled) or a `.keras` file, and its train settings."""
+    """A compiled model, its train settings and the epochs it already has.
+
+    From a spec: built and compiled with its `train` settings. From a
+    `.keras` file: loaded with the train settings stored in it (by `build`,
+    `train` or `run`; defaults for a file from elsewhere), and, for a
+    checkpoint, the epochs it completed.
+    """
+    _library()
+    from splitnet.files import load_keras, read_settings
+    from splitnet.job import build_compiled
+    from splitnet.train import set_learning_rate, settings_from
+
     if _is_spec(path):
+        import splitnet
+
         spec = splitnet.load_spec(path)
-        return build_compiled(spec, learning_rate), spec.train
+        return build_compiled(spec, learning_rate), spec.train, 0
     if Path(path).suffix != ".keras":
         raise InputFileError(f"{path}: expected a spec (.yaml) or a Keras model (.keras)")
     model = load_keras(path)
     if learning_rate is not None and model.optimizer is not None:
         set_learning_rate(model, learning_rate)
-    return model, TrainSpec()
+    settings, completed = settings_from(read_settings(path), path)
+    return model, settings, completed
 
 
 _input = click.argument("input_path", metavar="MODEL.keras|SPEC", type=click.Path(exists=True, dir_okay=False))
@@ -104,22 +135,36 @@ _keras_out = click.option("-o", "--output", required=True, type=click.Path(dir_o
 def build(spec_path, output, force):
     """Build the split model of SPEC, compile it with the spec's train settings, save it.
 
+    The file also holds the spec's data, epochs, batch size and seed, so
+    `splitnet train OUTPUT` trains as the spec says.
+
     \b
     Example:
       splitnet build configs/quickstart.yaml -o split.keras
     """
+    _library()
+    from splitnet.files import check_output, save_keras
+    from splitnet.summary import describe
+    from splitnet.train import settings_dict
+
     check_output(output, force, suffix=".keras")
-    model, _ = _model_from(spec_path)
-    save_keras(model, output, force)
+    model, settings, _ = _model_from(spec_path)
+    save_keras(model, output, force, settings=settings_dict(settings))
     info = describe(model)
     click.echo(f"wrote {output}: {info['frozen']:,} of {info['frozen'] + info['trainable']:,} weight entries frozen")
 
 
+def checkpoint_path(output):
+    """Where `splitnet train -o OUTPUT` keeps its per-epoch checkpoint: `NAME.checkpoint.keras`."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.checkpoint.keras")
+
+
 @main.command()
 @_input
-@click.option("--data", type=click.Path(exists=True, dir_okay=False), help=".npz with x, y (optional x_val, y_val); default: the spec's, else the synthetic task.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: the spec's, else 5).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (default: the spec's, else 64).")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), help=".npz with x, y (optional x_val, y_val); default: the model's or spec's, else the synthetic task.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs in all (default: the model's or spec's, else 5); a checkpoint counts those it has.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (default: the model's or spec's, else 64).")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Override the optimizer's learning rate.")
 @click.option(
     "--strategy",
@@ -133,29 +178,57 @@ def build(spec_path, output, force):
 def train(input_path, data, epochs, batch_size, learning_rate, strategy, output, force):
     """Train a split model with model.fit and save it.
 
-    MODEL.keras is a model saved by `splitnet build` or `splitnet train`
-    (training resumes with its optimizer state); SPEC builds a fresh one.
-    --batch-size is the global batch, split across replicas. With
-    multiworker, run the same command on every worker, each with its
-    TF_CONFIG; each writes its own -o.
+    MODEL.keras is a model saved by `splitnet build`, `train` or `run`: it
+    trains with the settings stored in it (the spec's data, epochs, batch
+    size) and resumes its optimizer state; SPEC builds a fresh model. It
+    prints what it trains on first. After each epoch the model is saved to
+    OUTPUT's `NAME.checkpoint.keras`, removed when training ends well; if
+    training stops early, `splitnet train NAME.checkpoint.keras` resumes at
+    the next epoch. --batch-size is the global batch, split across
+    replicas. With multiworker, run the same command on every worker, each
+    with its TF_CONFIG; each writes its own -o.
 
     \b
     Example:
       splitnet train split.keras --epochs 3 -o trained.keras
       splitnet train split.keras --strategy mirrored -o trained.keras
     """
-    strategy = make_strategy(strategy)  # first: multiworker must start before other TF work
+    _library()
+    from splitnet import distribute
+    from splitnet.files import OutputError, check_output, save_keras
+    from splitnet.train import EpochCheckpoint, StopOnNonFiniteLoss, get_data, settings_dict
+
+    strategy = distribute.make_strategy(strategy)  # first: multiworker must start before other TF work
     check_output(output, force, suffix=".keras")
+    checkpoint_file = checkpoint_path(output)
+    resuming = checkpoint_file.exists() and checkpoint_file.resolve() == Path(input_path).resolve()
+    if checkpoint_file.exists() and not (force or resuming):
+        raise OutputError(
+            f"{checkpoint_file} exists (an interrupted run's checkpoint); resume from it with "
+            f"`splitnet train {checkpoint_file} -o {output}`, or overwrite it with --force"
+        )
     with strategy.scope():
-        model, settings = _model_from(input_path, learning_rate)
+        model, settings, completed = _model_from(input_path, learning_rate)
     if model.optimizer is None:
         raise InputFileError(f"{input_path} was saved without a compile config; train from its spec instead")
-    dataset = get_data(model, data or settings.data, seed=settings.seed)
-    distribute.fit(
-        model, strategy, dataset, epochs or settings.epochs, batch_size or settings.batch_size, click.echo,
-        callbacks=[StopOnNonFiniteLoss()],
-    )
-    save_keras(model, output, force)
+    stored = settings_dict(settings, data, epochs, batch_size)
+    total = stored["epochs"]
+    if completed >= total:
+        raise InputFileError(f"{input_path} has completed {completed} of {total} epochs; give --epochs above {completed}")
+    dataset = get_data(model, stored["data"], seed=stored["seed"])
+    todo = f"epochs {completed + 1}-{total} of {total}" if completed else f"{total} epochs"
+    click.echo(f"training on {dataset.describe()}; {todo}, batch size {stored['batch_size']}")
+    checkpoint = EpochCheckpoint(checkpoint_file, stored)
+    try:
+        distribute.fit(
+            model, strategy, dataset, total, stored["batch_size"], click.echo,
+            callbacks=[StopOnNonFiniteLoss(), checkpoint], initial_epoch=completed,
+        )
+    except BaseException as exc:
+        exc.resume_hint = checkpoint.resume_hint(output)
+        raise
+    save_keras(model, output, force, settings=stored)
+    checkpoint.remove()
     click.echo(f"wrote {output}")
 
 
@@ -170,6 +243,9 @@ def merge(input_path, output, force):
     Example:
       splitnet merge trained.keras -o merged.keras
     """
+    splitnet = _library()
+    from splitnet.files import check_output, load_keras, save_keras
+
     check_output(output, force, suffix=".keras")
     merged = splitnet.merge_model(load_keras(input_path))
     save_keras(merged, output, force)
@@ -187,6 +263,9 @@ def export(input_path, output, force):
     Example:
       splitnet export trained.keras -o exported/
     """
+    splitnet = _library()
+    from splitnet.files import check_output, load_keras
+
     check_output(output, force)
     _, diff = splitnet.export_saved_model(load_keras(input_path, compile=False), output, force=force)
     click.echo(f"wrote {output} (reloaded; max |difference| to the merged model {diff:.3g})")
@@ -205,9 +284,13 @@ def inspect(input_path, as_json, plot, force):
       splitnet inspect configs/quickstart.yaml
       splitnet inspect trained.keras --json
     """
+    _library()
+    from splitnet.files import atomic_output, check_output
+    from splitnet.summary import describe, format_table, plot_masks
+
     if plot:
         check_output(plot, force)
-    model, _ = _model_from(input_path)
+    model, _, _ = _model_from(input_path)
     info = describe(model)
     click.echo(json.dumps(info, indent=2) if as_json else format_table(info))
     if plot:
@@ -230,14 +313,22 @@ def run(spec_path, output, data, epochs, batch_size, learning_rate, force):
 
     \b
     Writes OUTPUT/saved_model (the export), OUTPUT/split.keras (the trained
-    split model), OUTPUT/spec.yaml and OUTPUT/report.json.
+    split model), OUTPUT/spec.yaml and OUTPUT/report.json. OUTPUT is
+    created at the start (a taken name is refused before any work); the
+    default runs/NAME-TIME gets -2, -3, ... if taken. After each epoch the
+    model is saved to OUTPUT/checkpoint.keras; if the run stops early, that
+    is all OUTPUT holds, and `splitnet train` resumes from it.
 
     \b
     Example:
       splitnet run configs/quickstart.yaml -o runs/quickstart
     """
+    _library()
+    from splitnet.job import format_report, run_spec
+
     report = run_spec(
-        spec_path, output, force=force, data=data, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate
+        spec_path, output, force=force, data=data, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, echo=click.echo,
     )
     click.echo(format_report(report))
 
@@ -251,12 +342,17 @@ def verify(before, after):
     The frozen masks come from the split model (BEFORE, or AFTER if only
     it is split), so AFTER may be split or merged. Exits 0 when all
     frozen entries are intact, 1 listing the first changed ones otherwise.
+    Also counts how many of the model's trainable entries (in every layer)
+    training moved.
 
     \b
     Example:
       splitnet verify split.keras trained.keras
       splitnet verify split.keras merged.keras
     """
+    splitnet = _library()
+    from splitnet.files import load_keras
+
     check = splitnet.verify(load_keras(before, compile=False), load_keras(after, compile=False))
     if check.changed:
         click.echo(

@@ -19,8 +19,7 @@ import json
 import math
 import os
 
-from splitnet.errors import InputError
-from splitnet.train import TrainingDiverged
+from splitnet.errors import InputError, TrainingDiverged
 
 STRATEGIES = ("none", "mirrored", "multiworker")
 
@@ -51,7 +50,7 @@ def make_strategy(name):
     raise InputError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
 
-def fit(model, strategy, data, epochs, batch_size, echo=print, callbacks=()):
+def fit(model, strategy, data, epochs, batch_size, echo=print, callbacks=(), initial_epoch=0):
     """Train `model` on `data` under `strategy`: `model.fit`, except for multi-worker.
 
     Keras 3's `fit` fails under `MultiWorkerMirroredStrategy` (it reduces
@@ -66,7 +65,7 @@ def fit(model, strategy, data, epochs, batch_size, echo=print, callbacks=()):
         model: A model built and compiled inside `strategy.scope()`.
         strategy: A `tf.distribute.Strategy`.
         data: `train.Data`.
-        epochs, batch_size: As for `fit`; `batch_size` is the global batch.
+        epochs, batch_size, initial_epoch: As for `fit`; `batch_size` is the global batch.
         echo: Prints the multi-worker loop's progress lines.
         callbacks: Keras callbacks for `fit`; the multi-worker loop stops on
             a non-finite loss itself and calls `on_epoch_end` of each.
@@ -76,7 +75,13 @@ def fit(model, strategy, data, epochs, batch_size, echo=print, callbacks=()):
 
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return model.fit(
-            data.x, data.y, validation_data=data.validation, epochs=epochs, batch_size=batch_size, callbacks=list(callbacks)
+            data.x,
+            data.y,
+            validation_data=data.validation,
+            epochs=epochs,
+            batch_size=batch_size,
+            callbacks=list(callbacks),
+            initial_epoch=initial_epoch,
         )
     if len(model.outputs) != 1 or isinstance(data.x, list):
         raise InputError("--strategy multiworker supports models with one input and one output")
@@ -104,7 +109,7 @@ def fit(model, strategy, data, epochs, batch_size, echo=print, callbacks=()):
 
     for callback in callbacks:
         callback.set_model(model)
-    for epoch in range(epochs):
+    for epoch in range(initial_epoch, epochs):
         losses = [float(step(x, y)) for x, y in batches]
         loss = sum(losses) / len(losses)
         echo(f"epoch {epoch + 1}/{epochs} - {len(losses)} steps - loss: {loss:.4f}")

@@ -45,3 +45,7 @@ class SpecError(InputError):
 
 class ModelError(InputError):
     """A model cannot be split or merged as asked (its kind, not the spec's syntax)."""
+
+
+class TrainingDiverged(SplitnetError):
+    """The loss became NaN or infinite during training."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import json
 import os
 import secrets
 import shutil
@@ -86,6 +88,10 @@ def check_output(path, force=False, suffix=None):
 def atomic_output(path, force=False, directory=False):
     """Yield a temporary sibling of `path`; move it into place if the block succeeds.
 
+    Without `force`, the move never replaces anything: if another process
+    created `path` meanwhile, the result is refused (`OutputError`) and theirs
+    is kept.
+
     Args:
         path: The final file or folder.
         force: Replace an existing `path`.
@@ -111,7 +117,10 @@ def atomic_output(path, force=False, directory=False):
         raise OutputError(f"cannot write in {path.parent}: {exc.strerror}") from None
     try:
         yield tmp
-        _replace(tmp, path)
+        if force:
+            _replace(tmp, path)
+        elif not _rename(tmp, path, _RENAME_NOREPLACE):
+            raise OutputError(f"{path} was created by someone else meanwhile; kept theirs, wrote nothing")
     except BaseException:
         _remove(tmp)
         raise
@@ -121,7 +130,7 @@ def _replace(tmp, path):
     if not os.path.lexists(path) or not (os.path.isdir(tmp) or os.path.isdir(path)):
         os.replace(tmp, path)  # atomic for files, even over an existing one
         return
-    if _exchange(tmp, path):  # atomic swap (Linux); tmp now holds the old one
+    if _rename(tmp, path, _RENAME_EXCHANGE):  # atomic swap; tmp now holds the old one
         _remove(tmp)
         return
     # Elsewhere a folder cannot be swapped in one step: move the old one aside first.
@@ -135,25 +144,123 @@ def _replace(tmp, path):
     _remove(old)
 
 
-def _exchange(a, b):
-    """Atomically swap two paths with Linux's renameat2(RENAME_EXCHANGE); False if unavailable."""
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2  # Linux renameat2 flags
+
+
+def _rename(a, b, flag):
+    """Rename `a` to `b` atomically with Linux's renameat2(flag).
+
+    Returns False when `b` exists (no-replace) or the swap is not possible.
+    Where renameat2 is missing, no-replace falls back to a check then a
+    rename (a small race, but a claimed run folder is never at risk: it is
+    not empty), and an exchange is reported as not possible.
+    """
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd = -100
+        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), flag) == 0:
+            return True
+        if ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS):  # flag supported, rename refused
+            return False
+    if flag == _RENAME_EXCHANGE or os.path.lexists(b):
         return False
-    at_fdcwd, rename_exchange = -100, 2
-    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    return result == 0
+    os.rename(a, b)
+    return True
 
 
-def save_keras(model, path, force=False):
+@contextlib.contextmanager
+def claimed_folder(path, force=False, unique=False):
+    """Claim the output folder `path` before a long job, so that no other job takes it.
+
+    The folder is created, empty, at once: creating a folder is atomic, so
+    of two jobs one gets it and the other is refused before any work. The
+    job fills it at the end with `atomic_output(path, force=True,
+    directory=True)`. If the job fails, the folder is removed again while it
+    is still empty. With `force`, an existing folder stays as it is until the
+    end replaces it.
+
+    Args:
+        path: The folder.
+        force: Accept an existing folder (replaced at the end).
+        unique: Take the first free one of `path`, `path-2`, `path-3`, ...
+            instead of refusing a taken name (for default run folders:
+            two jobs started in the same second get different folders).
+
+    Yields:
+        The claimed folder's path.
+    """
+    path = Path(path)
+    if unique:
+        path, claimed = _first_free(path), True
+    else:
+        path = check_output(path, force)
+        try:
+            path.mkdir()
+            claimed = True
+        except FileExistsError:
+            if not force:
+                raise OutputError(f"{path} already exists; overwrite it with --force (force=True in Python)") from None
+            claimed = False
+    try:
+        yield path
+    except BaseException:
+        if claimed:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only while it is still empty
+        raise
+
+
+def _first_free(stem):
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"{stem.parent} exists but is not a folder; give the output folder with -o") from None
+    except OSError as exc:
+        raise OutputError(f"cannot create {stem.parent}: {exc.strerror}") from None
+    for n in range(1, 1000):
+        path = stem if n == 1 else stem.with_name(f"{stem.name}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"cannot create {path}: {exc.strerror}") from None
+        return path
+    raise OutputError(f"no free folder name for {stem} after 999 tries")
+
+
+SETTINGS = "splitnet/train.json"  # the archive member that holds `save_keras(settings=...)`
+
+
+def save_keras(model, path, force=False, settings=None):
     """Save `model` as a `.keras` file atomically (a complete file or nothing).
 
+    Args:
+        model: The model.
+        path: The `.keras` file.
+        force: Replace an existing file.
+        settings: A JSON-able mapping stored in the archive beside the model
+            (Keras ignores it): the train settings `splitnet train` goes on
+            with. Read it with `read_settings`.
+
     Example:
-        >>> save_keras(model, "split.keras")  # doctest: +SKIP
+        >>> save_keras(model, "split.keras", settings={"epochs": 5})  # doctest: +SKIP
     """
     path = check_output(path, force, suffix=".keras")
     with atomic_output(path, force) as tmp:
         model.save(tmp)
+        if settings is not None:
+            with zipfile.ZipFile(tmp, "a") as archive:
+                archive.writestr(SETTINGS, json.dumps(settings, indent=2))
     return path
+
+
+def read_settings(path):
+    """The settings `save_keras` stored in a `.keras` file, or None."""
+    with zipfile.ZipFile(path) as archive:
+        if SETTINGS not in archive.namelist():
+            return None
+        return json.loads(archive.read(SETTINGS))

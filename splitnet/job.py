@@ -15,10 +15,10 @@ import keras
 from splitnet import spec as spec_lib
 from splitnet.errors import SplitnetError
 from splitnet.export import export_saved_model, max_difference, probe_inputs
-from splitnet.files import OutputError, atomic_output, check_output
+from splitnet.files import atomic_output, claimed_folder, save_keras
 from splitnet.split import build_model
 from splitnet.verify import compare, snapshot
-from splitnet.train import StopOnNonFiniteLoss, compile_model, get_data
+from splitnet.train import EpochCheckpoint, StopOnNonFiniteLoss, compile_model, get_data, settings_dict
 
 
 class FrozenEntriesChanged(SplitnetError):
@@ -26,7 +26,7 @@ class FrozenEntriesChanged(SplitnetError):
 
 
 def default_run_dir(spec):
-    """`runs/<model name>-<UTC time>` under the working directory: never an existing folder."""
+    """`runs/<model name>-<UTC time>` under the working directory (`-2`, `-3`, ... appended if taken)."""
     name = spec.model.name if spec.model is not None else Path(spec.base).stem
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{name}-{stamp}"
@@ -39,8 +39,27 @@ def build_compiled(spec, learning_rate=None):
     return compile_model(build_model(spec), spec.train, learning_rate)
 
 
-def run_spec(spec, out_dir=None, *, force=False, data=None, epochs=None, batch_size=None, learning_rate=None, verbose="auto"):
+def run_spec(
+    spec,
+    out_dir=None,
+    *,
+    force=False,
+    data=None,
+    epochs=None,
+    batch_size=None,
+    learning_rate=None,
+    verbose="auto",
+    echo=None,
+):
     """Build the spec's split model, train it, check it, merge it and export it.
+
+    The output folder is claimed (created, empty) before anything else, so
+    a name that is taken is refused at once, and two runs never share one.
+    After every epoch the model is saved to `OUT/checkpoint.keras`; if the
+    run stops early (an error, Ctrl-C) the folder keeps only that file,
+    which `splitnet train` resumes from, and the exception carries a
+    `resume_hint` saying so. When the run ends well the checkpoint is gone
+    and the folder holds the results.
 
     Args:
         spec: A `Spec`, a path to a YAML spec, or a mapping.
@@ -49,6 +68,8 @@ def run_spec(spec, out_dir=None, *, force=False, data=None, epochs=None, batch_s
         data: An `.npz` path overriding `train.data`.
         epochs, batch_size, learning_rate: Override the spec's `train` settings.
         verbose: Passed to `model.fit` (Keras' progress bar by default).
+        echo: If given, called with a line saying what the model trains on,
+            before the first epoch.
 
     Returns:
         The report (also written as `report.json`): entry counts, whether the
@@ -59,6 +80,7 @@ def run_spec(spec, out_dir=None, *, force=False, data=None, epochs=None, batch_s
 
     Raises:
         SpecError, OutputError, DataError: bad input; nothing is written.
+        TrainingDiverged: the loss became NaN or infinite.
         FrozenEntriesChanged: a frozen entry moved (never expected).
 
     Example:
@@ -67,39 +89,49 @@ def run_spec(spec, out_dir=None, *, force=False, data=None, epochs=None, batch_s
         0
     """
     spec = spec_lib.load_spec(spec)
-    out_dir = Path(out_dir) if out_dir is not None else default_run_dir(spec)
-    if out_dir.parent == Path("runs") and not out_dir.parent.is_dir():
-        if out_dir.parent.exists():
-            raise OutputError("runs exists but is not a folder; give the output folder with -o")
-        out_dir.parent.mkdir()
-    check_output(out_dir, force)  # before any work: refuse early
+    if out_dir is None:
+        claim = claimed_folder(default_run_dir(spec), unique=True)
+    else:
+        claim = claimed_folder(out_dir, force)
+    with claim as out_dir:
+        return _run(spec, out_dir, data, epochs, batch_size, learning_rate, verbose, echo)
+
+
+def _run(spec, out_dir, data, epochs, batch_size, learning_rate, verbose, echo):
     train = spec.train
     model = build_compiled(spec, learning_rate)
     dataset = get_data(model, data or train.data, seed=train.seed)
-    batch_size = batch_size or train.batch_size
-    epochs = epochs or train.epochs
+    settings = settings_dict(train, data, epochs, batch_size)
+    epochs, batch_size = settings["epochs"], settings["batch_size"]
+    if echo is not None:
+        echo(f"training on {dataset.describe()}; {epochs} epochs, batch size {batch_size}")
 
     before = snapshot(model)
     loss_before = _loss(model.evaluate(dataset.x, dataset.y, batch_size=batch_size, verbose=0))
-    model.fit(
-        dataset.x,
-        dataset.y,
-        validation_data=dataset.validation,
-        epochs=epochs,
-        batch_size=batch_size,
-        verbose=verbose,
-        callbacks=[StopOnNonFiniteLoss()],
-    )
+    checkpoint = EpochCheckpoint(out_dir / "checkpoint.keras", settings)
+    try:
+        model.fit(
+            dataset.x,
+            dataset.y,
+            validation_data=dataset.validation,
+            epochs=epochs,
+            batch_size=batch_size,
+            verbose=verbose,
+            callbacks=[StopOnNonFiniteLoss(), checkpoint],
+        )
+    except BaseException as exc:
+        exc.resume_hint = checkpoint.resume_hint()
+        raise
     loss_after = _loss(model.evaluate(dataset.x, dataset.y, batch_size=batch_size, verbose=0))
     check = compare(before, snapshot(model))
     if check.changed:
         raise FrozenEntriesChanged(f"{check.changed} frozen entries changed during training (first: {check.describe_first()})")
 
-    with atomic_output(out_dir, force, directory=True) as tmp:
+    with atomic_output(out_dir, force=True, directory=True) as tmp:  # the folder is ours: claimed above
         merged, export_diff = export_saved_model(model, tmp / "saved_model")
         probe = probe_inputs(model, batch=256)
         split_vs_merged = max_difference(model(probe, training=False), merged(probe, training=False))
-        model.save(tmp / "split.keras")
+        save_keras(model, tmp / "split.keras", settings=settings)
         report = {
             "spec": spec.source,
             "model": model.name,

@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from splitnet.errors import InputError, SplitnetError
+from splitnet.errors import InputError, TrainingDiverged
 
 _CLASSIFICATION_LOSSES = {
     "sparse_categorical_crossentropy": "sparse",
@@ -26,10 +26,6 @@ _CLASSIFICATION_LOSSES = {
 
 class DataError(InputError):
     """Training data cannot be used with this model."""
-
-
-class TrainingDiverged(SplitnetError):
-    """The loss became NaN or infinite during training."""
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -65,6 +61,7 @@ class Data:
     y: np.ndarray
     x_val: object = None
     y_val: np.ndarray | None = None
+    source: str = "arrays"  # what the data is, for the line `describe` prints
 
     @property
     def validation(self):
@@ -72,6 +69,19 @@ class Data:
 
     def __len__(self):
         return len(self.y)
+
+    def describe(self):
+        """One line: where the data comes from and its shapes, e.g. for `splitnet train`.
+
+        Example:
+            >>> Data(np.zeros((8, 3), "float32"), np.zeros(8, "int64"), source="xy.npz").describe()
+            'xy.npz: x (8, 3) float32, y (8,) int64'
+        """
+        xs = self.x if isinstance(self.x, list) else [self.x]
+        names = ["x"] if len(xs) == 1 else [f"x_{i}" for i in range(len(xs))]
+        parts = [f"{n} {tuple(a.shape)} {a.dtype}" for n, a in zip(names, xs)] + [f"y {tuple(self.y.shape)} {self.y.dtype}"]
+        line = f"{self.source}: " + ", ".join(parts)
+        return line if self.y_val is None else f"{line}; validation: {len(self.y_val)} samples"
 
 
 def default_loss(model):
@@ -199,7 +209,7 @@ def synthetic_data(model, loss=None, n=2048, seed=0):
     split = n - n // 8
     x_train = _structure(model, [x[:split] for x in inputs])
     x_val = _structure(model, [x[split:] for x in inputs])
-    return Data(x_train, y[:split], x_val, y[split:])
+    return Data(x_train, y[:split], x_val, y[split:], source=f"the synthetic task (seed {seed})")
 
 
 def load_data(path, model):
@@ -235,7 +245,7 @@ def load_data(path, model):
     if x is None or y is None:
         want = "x, y" if len(model.inputs) == 1 else "x_0.., y"
         raise DataError(f"{path}: needs arrays {want} (has: {', '.join(sorted(keys)) or 'none'})")
-    data = Data(x, y, inputs("x_val"), arrays.get("y_val"))
+    data = Data(x, y, inputs("x_val"), arrays.get("y_val"), source=str(path))
     if (data.x_val is None) != (data.y_val is None):
         raise DataError(f"{path}: give both x_val and y_val, or neither")
     for xs, ys, name in ((data.x, data.y, "x"), (data.x_val, data.y_val, "x_val")):
@@ -299,3 +309,74 @@ def get_data(model, data_path=None, seed=0):
     if data_path is not None:
         return load_data(data_path, model)
     return synthetic_data(model, seed=seed)
+
+
+# -- settings that travel with a saved model, and per-epoch checkpoints ---------------
+
+
+def settings_dict(train_spec, data=None, epochs=None, batch_size=None):
+    """The train settings to store with a saved model (`files.save_keras(settings=...)`).
+
+    Loss, optimizer and metrics are in the model's compile config already;
+    these are the rest: the data (an absolute path, or None for the
+    synthetic task), epochs, batch size and seed, after command-line overrides.
+    """
+    data = data if data is not None else train_spec.data
+    return {
+        "data": None if data is None else str(Path(data).resolve()),
+        "epochs": epochs or train_spec.epochs,
+        "batch_size": batch_size or train_spec.batch_size,
+        "seed": train_spec.seed,
+    }
+
+
+def settings_from(settings, model_path):
+    """`(TrainSpec, completed_epochs)` from the settings stored in `model_path` (or defaults)."""
+    from splitnet.spec import TrainSpec
+
+    if not settings:
+        return TrainSpec(), 0
+    data = settings.get("data")
+    if data is not None and not Path(data).is_file():
+        raise DataError(f"{model_path} trains on {data} (from its spec), which does not exist; give --data")
+    spec = TrainSpec(
+        data=None if data is None else Path(data),
+        epochs=int(settings.get("epochs", TrainSpec.epochs)),
+        batch_size=int(settings.get("batch_size", TrainSpec.batch_size)),
+        seed=int(settings.get("seed", TrainSpec.seed)),
+    )
+    return spec, int(settings.get("completed_epochs", 0))
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Save the model after every epoch, so that an interrupted run can resume.
+
+    The checkpoint is a complete `.keras` file (written atomically) with the
+    optimizer state and `settings` plus `completed_epochs`; `splitnet train
+    CHECKPOINT` resumes at the next epoch. The job removes it when it ends
+    well (`remove`) and names it when it does not (`resume_hint`).
+    """
+
+    def __init__(self, path, settings):
+        super().__init__()
+        self.path, self.settings = Path(path), dict(settings)
+        self.completed = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        from splitnet.files import save_keras
+
+        save_keras(self.model, self.path, force=True, settings={**self.settings, "completed_epochs": epoch + 1})
+        self.completed = epoch + 1
+
+    def resume_hint(self, output="OUTPUT.keras"):
+        """What to say when the job stops early: where the last epoch's model is, how to go on."""
+        if self.completed is None:
+            return ""
+        return (
+            f"the model after epoch {self.completed} of {self.settings['epochs']} is in {self.path}; "
+            f"resume with `splitnet train {self.path} -o {output}`"
+        )
+
+    def remove(self):
+        if self.completed is not None:
+            self.path.unlink(missing_ok=True)
