@@ -1,0 +1,224 @@
+"""The life of a run: what it trains on, where it writes, and what an interruption leaves.
+
+Real processes where it matters (two runs at once, Ctrl-C, start-up cost);
+click's runner elsewhere.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import splitnet
+from splitnet import job
+from splitnet.cli import main
+from splitnet.files import OutputError, atomic_output, claimed_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+SPLITNET = shutil.which("splitnet")
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.fixture
+def spec_with_data(tmp_path):
+    """The quickstart spec with its own data file and train settings."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "xy.npz", x=rng.normal(size=(96, 32)).astype("float32"), y=rng.integers(0, 10, 96))
+    text = QUICKSTART.read_text().split("train:")[0]
+    text += "train:\n  data: xy.npz\n  loss: sparse_categorical_crossentropy\n  epochs: 2\n  batch_size: 32\n"
+    (tmp_path / "spec.yaml").write_text(text)
+    return tmp_path / "spec.yaml"
+
+
+# -- build, then train: the spec's settings are used, and said ---------------------------------
+
+
+def test_a_built_model_trains_with_its_specs_settings(spec_with_data, tmp_path):
+    assert invoke("build", spec_with_data, "-o", tmp_path / "b.keras").exit_code == 0
+    result = invoke("train", tmp_path / "b.keras", "-o", tmp_path / "t.keras")
+    assert result.exit_code == 0, result.output
+    data = (tmp_path / "xy.npz").resolve()
+    assert f"training on {data}: x (96, 32) float32, y (96,) int64; 2 epochs, batch size 32" in result.output
+    assert "Epoch 2/2" in result.output and "Epoch 3/" not in result.output
+    assert "3/3" in result.output  # 96 samples at batch 32: three steps per epoch
+
+    # The trained model carries the same settings on; options override them.
+    again = invoke("train", tmp_path / "t.keras", "--epochs", "1", "-o", tmp_path / "t2.keras")
+    assert f"training on {data}: x (96, 32) float32, y (96,) int64; 1 epochs, batch size 32" in again.output
+
+
+def test_train_says_when_it_uses_the_synthetic_task(tmp_path):
+    assert invoke("build", QUICKSTART, "-o", tmp_path / "b.keras").exit_code == 0
+    result = invoke("train", tmp_path / "b.keras", "--epochs", "1", "-o", tmp_path / "t.keras")
+    assert "training on the synthetic task (seed 0): x (1792, 32) float32, y (1792,) int64; validation: 256 samples" in result.output
+
+
+def test_the_specs_data_gone_is_a_clear_error(spec_with_data, tmp_path):
+    invoke("build", spec_with_data, "-o", tmp_path / "b.keras")
+    (tmp_path / "xy.npz").unlink()
+    result = invoke("train", tmp_path / "b.keras", "-o", tmp_path / "t.keras")
+    assert result.exit_code == 2
+    assert f"trains on {(tmp_path / 'xy.npz').resolve()} (from its spec), which does not exist; give --data" in result.stderr
+
+
+def test_run_says_what_it_trains_on(spec_with_data, tmp_path):
+    result = invoke("run", spec_with_data, "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"training on {spec_with_data.parent / 'xy.npz'}: x (96, 32) float32")
+    # Its split model trains on the same data.
+    again = invoke("train", tmp_path / "run" / "split.keras", "-o", tmp_path / "t.keras")
+    assert f"training on {(tmp_path / 'xy.npz').resolve()}: x (96, 32)" in again.output
+
+
+# -- output folders ---------------------------------------------------------------------------
+
+
+def test_default_run_folders_are_unique(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(job, "default_run_dir", lambda spec: Path("runs") / "quickstart-20261127-085238")
+    first = job.run_spec(QUICKSTART, epochs=1, verbose=0)
+    second = job.run_spec(QUICKSTART, epochs=1, verbose=0)
+    assert (first["output"], second["output"]) == ("runs/quickstart-20261127-085238", "runs/quickstart-20261127-085238-2")
+    for report in (first, second):
+        assert sorted(p.name for p in Path(report["output"]).iterdir()) == ["report.json", "saved_model", "spec.yaml", "split.keras"]
+
+
+def test_two_runs_started_together_both_finish(tmp_path):
+    """The real thing: two processes, the same second, the same default name."""
+    shutil.copy(QUICKSTART, tmp_path / "quickstart.yaml")
+    children = [
+        subprocess.Popen(
+            [SPLITNET, "run", "quickstart.yaml", "--epochs", "1"], cwd=tmp_path, env=ENV,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [child.communicate(timeout=300) for child in children]
+    assert [child.returncode for child in children] == [0, 0], outputs
+    folders = sorted((tmp_path / "runs").iterdir())
+    assert len(folders) == 2
+    for folder in folders:
+        assert sorted(p.name for p in folder.iterdir()) == ["report.json", "saved_model", "spec.yaml", "split.keras"]
+
+
+def test_a_taken_output_folder_is_refused_before_any_work(tmp_path):
+    with claimed_folder(tmp_path / "run"):  # another job's claim
+        with pytest.raises(OutputError, match="already exists"):
+            with claimed_folder(tmp_path / "run"):
+                pass
+        result = invoke("run", QUICKSTART, "-o", tmp_path / "run")
+        assert result.exit_code == 2 and "Epoch" not in result.output
+    assert (tmp_path / "run").is_dir()  # the other job's claim is left alone
+    with pytest.raises(RuntimeError):
+        with claimed_folder(tmp_path / "mine"):
+            raise RuntimeError("the job failed")
+    assert not (tmp_path / "mine").exists()  # an empty claim is given back when its job fails
+
+
+def test_an_output_created_meanwhile_is_kept(tmp_path):
+    target = tmp_path / "out.keras"
+    with pytest.raises(OutputError, match="was created by someone else meanwhile"):
+        with atomic_output(target) as tmp:
+            tmp.write_text("ours")
+            target.write_text("theirs")
+    assert target.read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.keras"]
+
+
+# -- interruptions: checkpoints and resuming ------------------------------------------------
+
+
+def _interrupt_after_checkpoint(args, checkpoint, cwd):
+    """Start `splitnet ARGS`, wait for its first checkpoint, press Ctrl-C; return (code, stderr)."""
+    child = subprocess.Popen(
+        [SPLITNET, *map(str, args)], cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # A process started in the background inherits SIGINT ignored; Ctrl-C needs it back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    return child.returncode, err
+
+
+def _completed(message):
+    return int(re.search(r"the model after epoch (\d+) of", message).group(1))
+
+
+def test_an_interrupted_run_keeps_a_checkpoint_that_train_resumes(tmp_path):
+    out = tmp_path / "run"
+    code, err = _interrupt_after_checkpoint(["run", QUICKSTART, "-o", out, "--epochs", "1000"], out / "checkpoint.keras", tmp_path)
+    assert code == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("splitnet: interrupted; the model after epoch "), err
+    assert f"of 1000 is in {out / 'checkpoint.keras'}; resume with `splitnet train {out / 'checkpoint.keras'} -o OUTPUT.keras`" in lines[0]
+    assert [p.name for p in out.iterdir()] == ["checkpoint.keras"]  # nothing else, nothing half-written
+    done = _completed(lines[0])
+
+    result = invoke("train", out / "checkpoint.keras", "--epochs", done + 2, "-o", tmp_path / "t.keras")
+    assert result.exit_code == 0, result.output
+    assert f"; epochs {done + 1}-{done + 2} of {done + 2}, batch size 64" in result.output
+    assert f"Epoch {done + 2}/{done + 2}" in result.output and f"Epoch {done}/" not in result.output
+    assert not (tmp_path / "t.checkpoint.keras").exists()  # removed once training ended well
+    verified = invoke("verify", out / "checkpoint.keras", tmp_path / "t.keras")
+    assert verified.output.startswith("OK: all 683 frozen entries are bit-identical")
+
+    # A finished checkpoint has nothing left to do at its own epoch count.
+    finished = invoke("train", out / "checkpoint.keras", "--epochs", done, "-o", tmp_path / "u.keras")
+    assert finished.exit_code == 2 and f"has completed {done} of {done} epochs; give --epochs above {done}" in finished.stderr
+
+
+def test_an_interrupted_train_keeps_its_checkpoint_beside_the_output(tmp_path):
+    checkpoint = tmp_path / "t.checkpoint.keras"
+    code, err = _interrupt_after_checkpoint(["train", QUICKSTART, "--epochs", "1000", "-o", "t.keras"], checkpoint, tmp_path)
+    assert code == 130 and "resume with `splitnet train t.checkpoint.keras -o t.keras`" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.checkpoint.keras"]
+    done = _completed(err)
+
+    # Starting afresh would overwrite it: refused, with the way to resume.
+    fresh = invoke("train", QUICKSTART, "-o", tmp_path / "t.keras")
+    assert fresh.exit_code == 2 and "t.checkpoint.keras exists (an interrupted run's checkpoint)" in fresh.stderr
+    resumed = invoke("train", checkpoint, "--epochs", done + 1, "-o", tmp_path / "t.keras")
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.keras"]
+
+
+def test_a_diverging_run_names_its_last_good_epoch(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "xy.npz", x=rng.normal(size=(256, 32)).astype("float32"), y=rng.integers(0, 10, 256))
+    result = invoke("run", QUICKSTART, "--data", tmp_path / "xy.npz", "--learning-rate", "1e35", "-o", tmp_path / "run")
+    assert result.exit_code == 1
+    assert "TrainingDiverged: the loss became nan in epoch 1" in result.stderr
+    assert not (tmp_path / "run").exists()  # no epoch finished: nothing to keep
+
+
+# -- the command starts fast ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["train", "--help"], ["train"], ["bogus"]])
+def test_help_version_and_usage_errors_do_not_import_tensorflow(args):
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", SPLITNET, *args], capture_output=True, text=True, env=ENV, timeout=60
+    )
+    assert result.returncode in (0, 2), result.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "splitnet" in imported and "click" in imported
+    assert not imported & {"tensorflow", "keras", "numpy", "yaml"}
