@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -61,13 +60,13 @@ def _remove(path):
         os.unlink(path)
 
 
-def check_output(path, force=False, suffix=None):
+def check_output(path, force=False, suffix=None, probe=True):
     """Refuse, before any work, an output that could not be written at the end.
 
     That is: an existing `path` unless `force`, a missing parent folder, a
-    folder this process cannot write in (tried by creating a file there:
-    permission bits do not tell for root or read-only file systems), and a
-    wrong `suffix`.
+    wrong `suffix`, and (with `probe`) a folder this process cannot write in,
+    tried by creating a file there: permission bits do not tell for root or
+    read-only file systems.
     """
     path = Path(path)
     if suffix is not None and path.suffix != suffix:
@@ -76,11 +75,15 @@ def check_output(path, force=False, suffix=None):
         raise OutputError(f"{path} already exists; overwrite it with --force (force=True in Python)")
     if not path.parent.is_dir():
         raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
-    try:
-        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.probe-", dir=path.parent):
-            pass
-    except OSError as exc:
-        raise OutputError(f"cannot write in {path.parent}: {exc.strerror}") from None
+    if probe:
+        probe = path.parent / f".{path.name}.probe-{secrets.token_hex(6)}"
+        try:
+            try:
+                probe.touch(exist_ok=False)
+            finally:
+                probe.unlink(missing_ok=True)  # also when interrupted
+        except OSError as exc:
+            raise OutputError(f"cannot write in {path.parent}: {exc.strerror}") from None
     return path
 
 
@@ -101,22 +104,16 @@ def atomic_output(path, force=False, directory=False):
         >>> with atomic_output("model.keras") as tmp:  # doctest: +SKIP
         ...     model.save(tmp)
     """
-    path = check_output(path, force)
+    path = check_output(path, force, probe=False)
     suffix = "" if directory else path.suffix  # Keras wants `.keras` at the end
+    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}{suffix}"
+    if directory:
+        try:
+            tmp.mkdir()  # not mkdtemp: that makes the folder private (0700), and the result should not be
+        except OSError as exc:
+            raise OutputError(f"cannot write in {path.parent}: {exc.strerror}") from None
     try:
-        if directory:
-            # Not mkdtemp: that makes the folder private (0700), and the result should not be.
-            tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
-            tmp.mkdir()
-        else:
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
-            os.close(fd)
-            os.unlink(name)  # writers expect to create the file themselves
-            tmp = Path(name)
-    except OSError as exc:
-        raise OutputError(f"cannot write in {path.parent}: {exc.strerror}") from None
-    try:
-        yield tmp
+        yield tmp  # a file is created by the writer
         if force:
             _replace(tmp, path)
         elif not _rename(tmp, path, _RENAME_NOREPLACE):
@@ -249,7 +246,7 @@ def save_keras(model, path, force=False, settings=None):
     Example:
         >>> save_keras(model, "split.keras", settings={"epochs": 5})  # doctest: +SKIP
     """
-    path = check_output(path, force, suffix=".keras")
+    path = check_output(path, force, suffix=".keras", probe=False)  # writing at once tells
     with atomic_output(path, force) as tmp:
         model.save(tmp)
         if settings is not None:

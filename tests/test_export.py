@@ -115,12 +115,12 @@ def test_force_keeps_old_export_when_new_one_fails(tmp_path, split, monkeypatch)
 
 
 def test_forced_folder_replacement_is_one_atomic_swap(tmp_path):
-    from splitnet.files import _exchange
+    from splitnet.files import _RENAME_EXCHANGE, _rename
 
     new, old = tmp_path / "new", tmp_path / "old"
     new.mkdir()
     old.mkdir()
     (new / "n").touch()
     (old / "o").touch()
-    assert _exchange(new, old)  # renameat2(RENAME_EXCHANGE): no moment without a folder at `old`
+    assert _rename(new, old, _RENAME_EXCHANGE)  # renameat2(RENAME_EXCHANGE): no moment without a folder at `old`
     assert [p.name for p in old.iterdir()] == ["n"] and [p.name for p in new.iterdir()] == ["o"]
