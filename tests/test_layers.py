@@ -1,5 +1,9 @@
 """The split layer itself: complete config, same values and gradients as the plain layer."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -110,3 +114,39 @@ def test_reordering_by_row_gather_matches(monkeypatch):
             expected = grads
     for got, want in zip(grads, expected):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+ONEDNN_PROBE = """
+import numpy as np, keras, splitnet
+
+def train_and_predict(model):
+    model.compile("adam", "mse")
+    x = np.random.rand(64, 20).astype("float32")
+    model.fit(x, np.random.rand(64, 5).astype("float32"), epochs=1, verbose=0)
+    model.predict(x, verbose=0)
+
+# What a row split used to compute: relu(x1 @ W1 + b + x2 @ W2), MatMul + BiasAdd + Add + Relu.
+i = keras.Input((20,))
+a = keras.layers.Dense(16)(i[:, :10]) + keras.layers.Dense(16, use_bias=False)(i[:, 10:])
+train_and_predict(keras.Model(i, keras.layers.Dense(5)(keras.ops.relu(a)), name="control"))
+
+i = keras.Input((20,))
+model = keras.Model(i, keras.layers.Dense(5)(keras.layers.Dense(16, activation="relu", name="hidden")(i)), name="split")
+for rule in ({"rows": "0:10"}, {"rows": "0:10", "units": "0:4"}, {"rows": [0, 5, 9, 13], "bias": True}):
+    train_and_predict(splitnet.split_model(model, {"hidden": rule}))
+"""
+
+
+def test_row_splits_make_no_tensorflow_graph_errors():
+    # TensorFlow's oneDNN rewrite of MatMul + BiasAdd + Add + Relu fails and logs
+    # "Node .../Relu has an empty op name" errors each time a function is traced. A split
+    # Dense adds its bias after summing its row pieces, so the pattern never arises.
+    result = subprocess.run(
+        [sys.executable, "-c", ONEDNN_PROBE],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    signs = ("empty op name", "Fusion is not implemented", "optimization failure")
+    graph_errors = [line for line in result.stderr.splitlines() if any(sign in line for sign in signs)]
+    assert not [line for line in graph_errors if "split" in line], graph_errors
+    assert not [line for line in graph_errors if "control" not in line], graph_errors
