@@ -46,7 +46,9 @@ class FrozenCheck:
     first: list = dataclasses.field(default_factory=list)
 
     def describe_first(self):
-        return "; ".join(f"{k}.{kind}{list(i)}: {a!r} -> {b!r}" for k, kind, i, a, b in self.first)
+        # A numpy scalar prints as the shortest text that reads back as the same
+        # value of its own dtype (float32: 0.114093065, not 0.11409306526184082).
+        return "; ".join(f"{k}.{kind}{list(i)}: {a} -> {b}" for k, kind, i, a, b in self.first)
 
 
 @dataclasses.dataclass
@@ -149,7 +151,7 @@ def compare(before, after):
             check.moved += int((differs & trained).sum())
             for index in zip(*np.nonzero(differs & frozen)):
                 if len(check.first) < 5:
-                    check.first.append((old.key, name, tuple(int(j) for j in index), a[index].item(), b[index].item()))
+                    check.first.append((old.key, name, tuple(int(j) for j in index), a[index], b[index]))
     return check
 
 
