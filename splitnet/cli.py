@@ -151,7 +151,7 @@ def build(spec_path, output, force):
     model, settings, _ = _model_from(spec_path)
     save_keras(model, output, force, settings=settings_dict(settings))
     info = describe(model)
-    click.echo(f"wrote {output}: {info['frozen']:,} of {info['frozen'] + info['trainable']:,} weight entries frozen")
+    click.echo(f"wrote {output}: {info['frozen']:,} of {info['params']:,} weight entries frozen")
 
 
 def checkpoint_path(output):

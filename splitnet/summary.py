@@ -26,8 +26,9 @@ def describe(model, optimizer=None):
             model's compiled optimizer, if any.
 
     Returns:
-        A dict: `layers` (a list of rows), and totals `trainable`, `frozen`
-        (entries of those layers), `params` (all of the model),
+        A dict: `layers` (a list of rows), and totals `frozen` (entries of
+        those layers), `trainable` (every entry `fit` trains, in any layer,
+        as `verify` counts), `params` (all of the model),
         `slots_per_entry`, `optimizer_floats_saved` and `optimizer_bytes_saved`.
 
     Example:
@@ -54,7 +55,7 @@ def describe(model, optimizer=None):
     return {
         "model": model.name,
         "layers": rows,
-        "trainable": sum(r["trainable"] for r in rows),
+        "trainable": sum(int(np.prod(v.shape)) for v in model.trainable_variables),
         "frozen": frozen_total,
         "params": int(model.count_params()),
         "slots_per_entry": slots,
@@ -81,10 +82,14 @@ def format_table(info):
     ]
     widths = [max(len(str(row[i])) for row in [head] + body) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head] + body]
-    total = info["trainable"] + info["frozen"]
+    total = info["params"]
     share = info["frozen"] / total if total else 0.0
+    other = total - info["frozen"] - info["trainable"]
     lines.append("")
-    lines.append(f"weight entries: {total:,}, frozen {info['frozen']:,} ({share:.1%}), trainable {info['trainable']:,}")
+    lines.append(
+        f"weight entries: {total:,}, frozen {info['frozen']:,} ({share:.1%}), trainable {info['trainable']:,}"
+        + (f", not trained otherwise {other:,}" if other else "")
+    )
     if info["slots_per_entry"] is not None:
         lines.append(
             f"optimizer state saved: {info['optimizer_floats_saved']:,} floats "

@@ -48,7 +48,7 @@ class FrozenCheck:
     def describe_first(self):
         # A numpy scalar prints as the shortest text that reads back as the same
         # value of its own dtype (float32: 0.114093065, not 0.11409306526184082).
-        return "; ".join(f"{k}.{kind}{list(i)}: {a} -> {b}" for k, kind, i, a, b in self.first)
+        return "; ".join(f"{k}.{kind}{list(i)}: {a!s} -> {b!s}" for k, kind, i, a, b in self.first)
 
 
 @dataclasses.dataclass
@@ -109,8 +109,49 @@ def _bits_differ(a, b):
     return (a.view(np.uint8).reshape(a.shape + (-1,)) != b.view(np.uint8).reshape(b.shape + (-1,))).any(axis=-1)
 
 
+def pair(before, after):
+    """Match the layers of two `snapshot`s: by path, else by position among the rest.
+
+    Layers are matched by their path (`outer/inner`) first. Those left over
+    are matched in walk order, as long as they hold weights of the same
+    shapes: Keras gives layers made in a parent's Python code new automatic
+    names when a model is loaded. A layer with frozen entries must be found
+    by its path (splitnet keeps the names of split layers), or the two are
+    not the same model.
+
+    Raises:
+        InputError: the two do not have the same layers and weight shapes.
+    """
+    new_by_key = {layer.key: layer for layer in after}
+    pairs, rest_old = [], []
+    for old in before:
+        if old.key in new_by_key:
+            pairs.append((old, new_by_key.pop(old.key)))
+        else:
+            rest_old.append(old)
+    rest_new = [layer for layer in after if layer.key in new_by_key]
+    frozen_unmatched = [layer.key for layer in rest_old + rest_new if any(m.any() for m in layer.frozen)]
+    if frozen_unmatched or len(rest_old) != len(rest_new):
+        which = frozen_unmatched or [layer.key for layer in rest_old + rest_new]
+        side = "BEFORE" if which[0] in {layer.key for layer in rest_old} else "AFTER"
+        raise InputError(
+            f"layer {which[0]!r} of {side} has no counterpart in the other model; "
+            "are BEFORE and AFTER the same model?"
+        )
+    pairs += list(zip(rest_old, rest_new))
+    for old, new in pairs:
+        shapes = [v.shape for v in old.values], [v.shape for v in new.values]
+        if shapes[0] != shapes[1]:
+            raise InputError(
+                f"layer {old.key!r} has weights of shapes {shapes[0]} in BEFORE but {shapes[1]} in AFTER"
+                + ("" if old.key == new.key else f" (layer {new.key!r})")
+                + "; are BEFORE and AFTER the same model?"
+            )
+    return pairs
+
+
 def compare(before, after):
-    """Compare two `snapshot`s of the same architecture, layer by layer in walk order.
+    """Compare two `snapshot`s of the same architecture (layers matched by `pair`).
 
     An entry is frozen when either snapshot says so, and trainable (and not
     frozen) when either says so; so a split model compares with its merged
@@ -128,19 +169,8 @@ def compare(before, after):
         >>> check.frozen, check.changed, check.trainable, check.moved
         (5, 0, 10, 0)
     """
-    if len(before) != len(after):
-        raise InputError(
-            f"BEFORE has {len(before)} layers with weights but AFTER has {len(after)}; "
-            "are BEFORE and AFTER the same model?"
-        )
     check = FrozenCheck()
-    for old, new in zip(before, after):
-        shapes = [v.shape for v in old.values], [v.shape for v in new.values]
-        if shapes[0] != shapes[1]:
-            raise InputError(
-                f"layer {old.key!r} has weights of shapes {shapes[0]} in BEFORE but {shapes[1]} in AFTER "
-                f"(layer {new.key!r}); are BEFORE and AFTER the same model?"
-            )
+    for old, new in pair(before, after):
         for i, (name, a, b) in enumerate(zip(old.names, old.values, new.values)):
             frozen = old.frozen[i] | new.frozen[i]
             trained = (old.trained[i] | new.trained[i]) & ~frozen

@@ -317,4 +317,25 @@ def test_verify_refuses_different_architectures(built, tmp_path):
     keras.Model(inputs, keras.layers.Dense(10, name="head")(inputs)).save(tmp_path / "other.keras")
     result = invoke("verify", built, tmp_path / "other.keras")
     assert result.exit_code == 2
-    assert "BEFORE has 2 layers with weights but AFTER has 1; are BEFORE and AFTER the same model?" in result.stderr
+    assert "layer 'hidden' of BEFORE has no counterpart in the other model; are BEFORE and AFTER the same model?" in result.stderr
+
+
+def _two_layers(order, names=("a", "b")):
+    inputs = keras.Input((4,))
+    first, second = keras.layers.Dense(4, name=names[0]), keras.layers.Dense(4, name=names[1])
+    layers = [first, second] if order == "ab" else [second, first]
+    model = keras.Model(inputs, layers[1](layers[0](inputs)))
+    for layer, seed in zip((first, second), (1, 2)):
+        layer.set_weights([np.full((4, 4), seed, "float32"), np.zeros(4, "float32")])
+    return model
+
+
+def test_verify_matches_layers_by_name_not_position(tmp_path):
+    split = splitnet.split_model(_two_layers("ab"), {"a": {"units": [0]}, "b": {"units": [1]}})
+    split.save(tmp_path / "ab.keras")
+    _two_layers("ba").save(tmp_path / "ba.keras")  # the same layers and weights, called in the other order
+    _two_layers("ab", names=("x", "y")).save(tmp_path / "renamed.keras")
+    same = invoke("verify", tmp_path / "ab.keras", tmp_path / "ba.keras")
+    assert same.exit_code == 0 and same.output.startswith("OK: all 10 frozen entries are bit-identical; 0 of 30"), same.output
+    renamed = invoke("verify", tmp_path / "ab.keras", tmp_path / "renamed.keras")
+    assert renamed.exit_code == 2 and "layer 'a' of BEFORE has no counterpart in the other model" in renamed.stderr

@@ -7,7 +7,7 @@ line (`# finetune.yaml ...`) is written there, or, if the repository has that
 file, must equal it. A sample output, marked `<!-- output of: COMMAND -->`, must
 be what COMMAND printed when it ran earlier in the README: line by line, in
 order (other lines, such as Keras' progress bar, may come between), numbers
-to 2e-4 relative and run-folder times aside. So the README cannot drift.
+with the digits printed and to 2e-4 relative, and run-folder times aside. So the README cannot drift.
 """
 
 import os
@@ -92,6 +92,12 @@ def _tokens(line):
     return NUMBER.split(RUN_TIME.sub(r"\1-<time>", line.rstrip()))
 
 
+def _digits(number):
+    """The shape of a number's text: digits after the point, and the exponent's presence."""
+    mantissa = number.split("e")[0]
+    return (len(mantissa.split(".")[1]) if "." in mantissa else 0, "e" in number)
+
+
 def _same_line(sample, actual):
     a, b = _tokens(sample), _tokens(actual)
     if len(a) != len(b):
@@ -101,8 +107,8 @@ def _same_line(sample, actual):
             if x != y:
                 return False
             continue
-        if not any(c in x + y for c in ".e"):
-            return False  # counts are exact
+        if not any(c in x + y for c in ".e") or _digits(x) != _digits(y):
+            return False  # counts are exact, and a value is shown with as many digits as printed
         u, v = float(x.replace(",", "")), float(y.replace(",", ""))
         if abs(u - v) > 2e-4 * max(1.0, abs(u)):
             return False
