@@ -12,6 +12,7 @@ the library, which needs it) is imported by each command's body, so `--help`,
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -120,6 +121,16 @@ def _model_from(path, learning_rate=None):
     return model, settings, completed
 
 
+def _finite(ctx, param, value):
+    """click's FloatRange lets nan and inf through; a learning rate must be a real number."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+_learning_rate = click.option(
+    "--learning-rate", type=click.FloatRange(min=0, min_open=True), callback=_finite, help="Override the learning rate."
+)
 _input = click.argument("input_path", metavar="MODEL.keras|SPEC", type=click.Path(exists=True, dir_okay=False))
 _keras_in = click.argument("input_path", metavar="IN.keras", type=click.Path(exists=True, dir_okay=False))
 _force = click.option("--force", is_flag=True, help="Overwrite an existing output.")
@@ -165,7 +176,7 @@ def checkpoint_path(output):
 @click.option("--data", type=click.Path(exists=True, dir_okay=False), help=".npz with x, y (optional x_val, y_val); default: the model's or spec's, else the synthetic task.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs in all (default: the model's or spec's, else 5); a checkpoint counts those it has.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (default: the model's or spec's, else 64).")
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Override the optimizer's learning rate.")
+@_learning_rate
 @click.option(
     "--strategy",
     type=click.Choice(STRATEGIES),
@@ -306,7 +317,7 @@ def inspect(input_path, as_json, plot, force):
 @click.option("--data", type=click.Path(exists=True, dir_okay=False), help="Override train.data (.npz).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override train.batch_size.")
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Override the learning rate.")
+@_learning_rate
 @_force
 def run(spec_path, output, data, epochs, batch_size, learning_rate, force):
     """The whole job: build, train, check the frozen entries, merge, export, report.

@@ -69,12 +69,15 @@ def check_output(path, force=False, suffix=None, probe=True):
     read-only file systems.
     """
     path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise OutputError(f"cannot write to {path}: give the name of a new file or folder")
     if suffix is not None and path.suffix != suffix:
         raise OutputError(f"{path}: a Keras model file must end in {suffix}")
     if os.path.lexists(path) and not force:
         raise OutputError(f"{path} already exists; overwrite it with --force (force=True in Python)")
     if not path.parent.is_dir():
-        raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
+        problem = "is not a folder" if path.parent.exists() else "does not exist"
+        raise OutputError(f"cannot write {path}: folder {path.parent} {problem}")
     if probe:
         probe = path.parent / f".{path.name}.probe-{secrets.token_hex(6)}"
         try:
@@ -147,7 +150,8 @@ _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2  # Linux renameat2 flags
 def _rename(a, b, flag):
     """Rename `a` to `b` atomically with Linux's renameat2(flag).
 
-    Returns False when `b` exists (no-replace) or the swap is not possible.
+    Returns False when `b` exists (no-replace) or the swap is not possible;
+    raises OSError for other failures.
     Where renameat2 is missing, no-replace falls back to a check then a
     rename (a small race, but a claimed run folder is never at risk: it is
     not empty), and an exchange is reported as not possible.
@@ -160,8 +164,13 @@ def _rename(a, b, flag):
         at_fdcwd = -100
         if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), flag) == 0:
             return True
-        if ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS):  # flag supported, rename refused
+        error = ctypes.get_errno()
+        if error == errno.EEXIST and flag == _RENAME_NOREPLACE:
             return False
+        if error not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a real failure, not a missing feature
+            if flag == _RENAME_EXCHANGE:
+                return False  # the caller moves the old one aside instead
+            raise OSError(error, os.strerror(error), os.fspath(b))
     if flag == _RENAME_EXCHANGE or os.path.lexists(b):
         return False
     os.rename(a, b)
@@ -200,6 +209,8 @@ def claimed_folder(path, force=False, unique=False):
         except FileExistsError:
             if not force:
                 raise OutputError(f"{path} already exists; overwrite it with --force (force=True in Python)") from None
+            if not path.is_dir():
+                raise OutputError(f"{path} exists and is not a folder; a run writes a folder") from None
             claimed = False
     try:
         yield path

@@ -103,6 +103,8 @@ def resolve(index_set, size, noun, layer, where):
                 raise where.error(item.path, f"range {item.text!r} is empty")
             chosen = range(start, stop)
         for i in chosen:
+            if i in owner and owner[i] == item.text:
+                raise where.error(item.path, f"{item.text!r} is listed twice")
             if i in owner:
                 raise where.error(item.path, f"{item.text!r} overlaps {owner[i]!r} (both include {i})")
             owner[i] = item.text

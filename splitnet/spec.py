@@ -297,7 +297,7 @@ def _from_python(value, path, where):
     if isinstance(value, tuple):
         value = list(value)
     if isinstance(value, list):
-        return [int(v) if isinstance(v, np.integer) else v for v in value]
+        return [_from_python(v, path + (i,), where) if isinstance(v, (np.integer, slice)) else v for i, v in enumerate(value)]
     if isinstance(value, np.integer):
         return int(value)
     return value

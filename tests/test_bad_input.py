@@ -160,6 +160,11 @@ OTHER_CASES = [
     ("nan-data-run", ["run", "{tmp}/spec.yaml", "--data", "{tmp}/nan.npz"], 2, "nan.npz: x has 2 non-finite values"),
     ("loss-diverges", ["train", "{tmp}/spec.yaml", "--data", "{tmp}/finite.npz", "--learning-rate", "1e35"], 1, "TrainingDiverged: the loss became nan in epoch 1 (batch "),
     ("loss-diverges-run", ["run", "{tmp}/spec.yaml", "--data", "{tmp}/finite.npz", "--learning-rate", "1e35"], 1, "TrainingDiverged: the loss became nan in epoch 1 (batch "),
+    ("learning-rate-nan", ["train", "{tmp}/spec.yaml", "--learning-rate", "nan"], 2, "Invalid value for '--learning-rate': nan is not a finite number"),
+    ("learning-rate-inf", ["run", "{tmp}/spec.yaml", "--learning-rate", "inf"], 2, "Invalid value for '--learning-rate': inf is not a finite number"),
+    ("run-into-dot", ["run", "{tmp}/spec.yaml", "-o", ".", "--force"], 2, "cannot write to .: give the name of a new file or folder"),
+    ("run-over-a-file", ["run", "{tmp}/spec.yaml", "-o", "{tmp}/out.keras", "--force"], 2, "Directory '{tmp}/out.keras' is a file"),
+    ("output-under-a-file", ["build", "{tmp}/spec.yaml", "-o", "{tmp}/out.keras/x.keras"], 2, "folder {tmp}/out.keras is not a folder"),
     ("train-output-suffix", ["train", "{tmp}/spec.yaml", "-o", "{tmp}/out.h5"], 2, "{tmp}/out.h5: a Keras model file must end in .keras"),
     ("train-read-only", ["train", "{tmp}/spec.yaml", "-o", "/proc/splitnet-test.keras"], 2, "cannot write in /proc:"),
     ("verify-plain-models", ["verify", "{tmp}/good.keras", "{tmp}/good.keras"], 2, "neither model records frozen entries"),
@@ -172,7 +177,7 @@ def test_bad_files_and_arguments(workdir, case_id, args, code, expected):
         args = args + ["-o", "{tmp}/out.keras", "--force"]
     elif args[0] == "export":
         args = args + ["-o", "{tmp}/exported"]
-    elif args[0] == "run":
+    elif args[0] == "run" and "-o" not in args:
         args = args + ["-o", "{tmp}/run"]
     got, line, result = run(workdir, args, full=True)
     assert got == code

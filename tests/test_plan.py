@@ -44,7 +44,7 @@ def test_resolve(value, expected):
         ("5:2", "range '5:2' is reversed (5 > 2)"),
         ("-2:3", "range '-2:3' is reversed (8 > 3)"),
         ("4:4", "range '4:4' is empty"),
-        ([1, 1], "units[1]: '1' overlaps '1'"),
+        ([1, 1], "units[1]: '1' is listed twice"),
         (["0:5", "4:6"], "units[1]: '4:6' overlaps '0:5' (both include 4)"),
     ],
 )

@@ -130,6 +130,13 @@ def test_a_taken_output_folder_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "mine").exists()  # an empty claim is given back when its job fails
 
 
+def test_a_run_over_a_file_is_refused_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("precious")
+    with pytest.raises(OutputError, match="afile exists and is not a folder; a run writes a folder"):
+        job.run_spec(QUICKSTART, tmp_path / "afile", force=True, verbose=0)
+    assert (tmp_path / "afile").read_text() == "precious"
+
+
 def test_an_output_created_meanwhile_is_kept(tmp_path):
     target = tmp_path / "out.keras"
     with pytest.raises(OutputError, match="was created by someone else meanwhile"):

@@ -196,6 +196,7 @@ def _frozen_units(value, units=6):
         (slice(-2, None), [4, 5]),
         (slice(None, 2, 1), [0, 1]),
         ([np.int64(0), "2:4"], [0, 2, 3]),
+        ([slice(0, 2), 4], [0, 1, 4]),
     ],
     ids=repr,
 )
@@ -214,7 +215,7 @@ def test_python_index_sets(value, frozen):
         (range(0), "empty list"),
         (np.array([], dtype=int), "empty list"),
         (np.array([9]), "freeze.head.units[0]: 9 is out of range, layer 'head' has 6 units"),
-        ((0, 0), "'0' overlaps '0'"),
+        ((0, 0), "freeze.head.units[1]: '0' is listed twice"),
         ({1, 2}, "is not an index"),
     ],
     ids=repr,
