@@ -26,10 +26,6 @@ from splitnet.errors import InputError
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
-class InputFileError(InputError):
-    """An input path given on the command line cannot be used."""
-
-
 def _one_line(exc):
     """The line of an exception's message that says what went wrong."""
     text = str(getattr(exc, "message", None) or exc)
@@ -57,8 +53,6 @@ class _Group(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt as exc:
-            if sys.stdout.isatty():
-                click.echo()  # end a progress bar's line
             click.echo(_with_hint("splitnet: interrupted", exc), err=True)
             ctx.exit(EXIT_INTERRUPTED)
         except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
@@ -81,10 +75,6 @@ def main():
     """
 
 
-def _is_spec(path):
-    return Path(path).suffix.lower() in (".yaml", ".yml")
-
-
 def _library():
     """Import TensorFlow (quietly) and the library: the commands' first step."""
     quiet_tensorflow_import()
@@ -92,33 +82,6 @@ def _library():
 
     splitnet.import_all()
     return splitnet
-
-
-def _model_from(path, learning_rate=None):
-    """A compiled model, its train settings and the epochs it already has.
-
-    From a spec: built and compiled with its `train` settings. From a
-    `.keras` file: loaded with the train settings stored in it (by `build`,
-    `train` or `run`; defaults for a file from elsewhere), and, for a
-    checkpoint, the epochs it completed.
-    """
-    _library()
-    from splitnet.files import load_keras, read_settings
-    from splitnet.job import build_compiled
-    from splitnet.train import set_learning_rate, settings_from
-
-    if _is_spec(path):
-        import splitnet
-
-        spec = splitnet.load_spec(path)
-        return build_compiled(spec, learning_rate), spec.train, 0
-    if Path(path).suffix != ".keras":
-        raise InputFileError(f"{path}: expected a spec (.yaml) or a Keras model (.keras)")
-    model = load_keras(path)
-    if learning_rate is not None and model.optimizer is not None:
-        set_learning_rate(model, learning_rate)
-    settings, completed = settings_from(read_settings(path), path)
-    return model, settings, completed
 
 
 def _finite(ctx, param, value):
@@ -155,20 +118,15 @@ def build(spec_path, output, force):
     """
     _library()
     from splitnet.files import check_output, save_keras
+    from splitnet.job import model_from
     from splitnet.summary import describe
-    from splitnet.train import settings_dict
+    from splitnet.train import for_file, settings_dict
 
     check_output(output, force, suffix=".keras")
-    model, settings, _ = _model_from(spec_path)
-    save_keras(model, output, force, settings=settings_dict(settings))
+    model, settings, _ = model_from(spec_path)
+    save_keras(model, output, force, settings=for_file(settings_dict(settings), output))
     info = describe(model)
     click.echo(f"wrote {output}: {info['frozen']:,} of {info['params']:,} weight entries frozen")
-
-
-def checkpoint_path(output):
-    """Where `splitnet train -o OUTPUT` keeps its per-epoch checkpoint: `NAME.checkpoint.keras`."""
-    output = Path(output)
-    return output.with_name(f"{output.stem}.checkpoint.keras")
 
 
 @main.command()
@@ -206,40 +164,13 @@ def train(input_path, data, epochs, batch_size, learning_rate, strategy, output,
     """
     _library()
     from splitnet import distribute
-    from splitnet.files import OutputError, check_output, save_keras
-    from splitnet.train import EpochCheckpoint, StopOnNonFiniteLoss, get_data, settings_dict
+    from splitnet.job import train_file
 
     strategy = distribute.make_strategy(strategy)  # first: multiworker must start before other TF work
-    check_output(output, force, suffix=".keras")
-    checkpoint_file = checkpoint_path(output)
-    resuming = checkpoint_file.exists() and checkpoint_file.resolve() == Path(input_path).resolve()
-    if checkpoint_file.exists() and not (force or resuming):
-        raise OutputError(
-            f"{checkpoint_file} exists (an interrupted run's checkpoint); resume from it with "
-            f"`splitnet train {checkpoint_file} -o {output}`, or overwrite it with --force"
-        )
-    with strategy.scope():
-        model, settings, completed = _model_from(input_path, learning_rate)
-    if model.optimizer is None:
-        raise InputFileError(f"{input_path} was saved without a compile config; train from its spec instead")
-    stored = settings_dict(settings, data, epochs, batch_size)
-    total = stored["epochs"]
-    if completed >= total:
-        raise InputFileError(f"{input_path} has completed {completed} of {total} epochs; give --epochs above {completed}")
-    dataset = get_data(model, stored["data"], seed=stored["seed"])
-    todo = f"epochs {completed + 1}-{total} of {total}" if completed else f"{total} epochs"
-    click.echo(f"training on {dataset.describe()}; {todo}, batch size {stored['batch_size']}")
-    checkpoint = EpochCheckpoint(checkpoint_file, stored)
-    try:
-        distribute.fit(
-            model, strategy, dataset, total, stored["batch_size"], click.echo,
-            callbacks=[StopOnNonFiniteLoss(), checkpoint], initial_epoch=completed,
-        )
-    except BaseException as exc:
-        exc.resume_hint = checkpoint.resume_hint(output)
-        raise
-    save_keras(model, output, force, settings=stored)
-    checkpoint.remove()
+    train_file(
+        input_path, output, force=force, data=data, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, strategy=strategy, echo=click.echo,
+    )
     click.echo(f"wrote {output}")
 
 
@@ -297,11 +228,12 @@ def inspect(input_path, as_json, plot, force):
     """
     _library()
     from splitnet.files import atomic_output, check_output
+    from splitnet.job import model_from
     from splitnet.summary import describe, format_table, plot_masks
 
     if plot:
         check_output(plot, force)
-    model, _, _ = _model_from(input_path)
+    model, _, _ = model_from(input_path, need_data=False)
     info = describe(model)
     click.echo(json.dumps(info, indent=2) if as_json else format_table(info))
     if plot:

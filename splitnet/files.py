@@ -221,6 +221,61 @@ def claimed_folder(path, force=False, unique=False):
         raise
 
 
+@contextlib.contextmanager
+def claimed_file(path):
+    """Hold the output file `path` for one job until it ends, against a second job.
+
+    A lock file `.NAME.lock` beside it, created atomically, holds this
+    process's id; a second job that wants `path` is refused before any work
+    while that process lives. A lock whose process is gone (killed) is taken
+    over.
+
+    Raises:
+        OutputError: another live process holds `path`.
+    """
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    mine = path.with_name(f".{path.name}.lock-{os.getpid()}")
+    try:
+        mine.write_text(str(os.getpid()))
+        for _ in range(2):
+            try:
+                os.link(mine, lock)  # creates the lock with its content, atomically, or fails
+                break
+            except FileExistsError:
+                owner = _lock_owner(lock)
+                if owner is not None:
+                    raise OutputError(f"{path} is being written by another process (pid {owner}, lock {lock})") from None
+                lock.unlink(missing_ok=True)  # its process is gone
+        else:
+            raise OutputError(f"cannot take the lock {lock}")
+    except OSError as exc:
+        raise OutputError(f"cannot write in {path.parent}: {exc.strerror}") from None
+    finally:
+        mine.unlink(missing_ok=True)
+    try:
+        yield path
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_owner(lock):
+    """The live process id written in `lock`, or None."""
+    try:
+        pid = int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None  # unreadable: treat as stale
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, someone else's
+    return pid
+
+
 def _first_free(stem):
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
+import os
 import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from splitnet.errors import InputError, TrainingDiverged
+from splitnet.errors import InputError
 
 _CLASSIFICATION_LOSSES = {
     "sparse_categorical_crossentropy": "sparse",
@@ -26,31 +26,6 @@ _CLASSIFICATION_LOSSES = {
 
 class DataError(InputError):
     """Training data cannot be used with this model."""
-
-
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stop `fit` with `TrainingDiverged` as soon as the loss is NaN or infinite.
-
-    Keras' own `TerminateOnNaN` stops quietly and `fit` returns as if it had
-    finished; a run should fail instead, saying when, before anything is saved.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            if sys.stdout.isatty():
-                sys.stdout.write("\n")  # end the progress bar's line before the error
-            raise TrainingDiverged(
-                f"the loss became {float(loss)} in epoch {self.epoch + 1} (batch {batch + 1}); training stopped "
-                "(a lower learning rate may help)"
-            )
 
 
 @dataclasses.dataclass
@@ -245,7 +220,7 @@ def load_data(path, model):
     if x is None or y is None:
         want = "x, y" if len(model.inputs) == 1 else "x_0.., y"
         raise DataError(f"{path}: needs arrays {want} (has: {', '.join(sorted(keys)) or 'none'})")
-    data = Data(x, y, inputs("x_val"), arrays.get("y_val"), source=str(path))
+    data = Data(x, y, inputs("x_val"), arrays.get("y_val"), source=str(_shown(path)))
     if (data.x_val is None) != (data.y_val is None):
         raise DataError(f"{path}: give both x_val and y_val, or neither")
     for xs, ys, name in ((data.x, data.y, "x"), (data.x_val, data.y_val, "x_val")):
@@ -315,11 +290,12 @@ def get_data(model, data_path=None, seed=0):
 
 
 def settings_dict(train_spec, data=None, epochs=None, batch_size=None):
-    """The train settings to store with a saved model (`files.save_keras(settings=...)`).
+    """The train settings that go with a model: the spec's, after command-line overrides.
 
     Loss, optimizer and metrics are in the model's compile config already;
     these are the rest: the data (an absolute path, or None for the
-    synthetic task), epochs, batch size and seed, after command-line overrides.
+    synthetic task), epochs, batch size and seed. `for_file` turns them
+    into what is stored in a `.keras` file.
     """
     data = data if data is not None else train_spec.data
     return {
@@ -330,17 +306,36 @@ def settings_dict(train_spec, data=None, epochs=None, batch_size=None):
     }
 
 
+def for_file(settings, model_path):
+    """`settings` as stored in the `.keras` file `model_path`.
+
+    The data path is kept both relative to the file's folder (so a project
+    folder can move as a whole) and absolute (so the file alone can move).
+    """
+    out = dict(settings)
+    if out.get("data") is not None:
+        out["data_absolute"] = out["data"]
+        out["data"] = os.path.relpath(out["data"], Path(model_path).resolve().parent)
+    return out
+
+
 def settings_from(settings, model_path):
-    """`(TrainSpec, completed_epochs)` from the settings stored in `model_path` (or defaults)."""
+    """`(TrainSpec, completed_epochs)` from the settings stored in `model_path` (or defaults).
+
+    The data path is the stored relative one if that file exists, else the
+    absolute one; whether it exists is checked only when it is used.
+    """
     from splitnet.spec import TrainSpec
 
     if not settings:
         return TrainSpec(), 0
     data = settings.get("data")
-    if data is not None and not Path(data).is_file():
-        raise DataError(f"{model_path} trains on {data} (from its spec), which does not exist; give --data")
+    if data is not None:
+        relative = Path(model_path).resolve().parent / data
+        absolute = Path(settings.get("data_absolute") or relative)
+        data = Path(_shown(relative if relative.is_file() or not absolute.is_file() else absolute))
     spec = TrainSpec(
-        data=None if data is None else Path(data),
+        data=data,
         epochs=int(settings.get("epochs", TrainSpec.epochs)),
         batch_size=int(settings.get("batch_size", TrainSpec.batch_size)),
         seed=int(settings.get("seed", TrainSpec.seed)),
@@ -348,35 +343,8 @@ def settings_from(settings, model_path):
     return spec, int(settings.get("completed_epochs", 0))
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Save the model after every epoch, so that an interrupted run can resume.
-
-    The checkpoint is a complete `.keras` file (written atomically) with the
-    optimizer state and `settings` plus `completed_epochs`; `splitnet train
-    CHECKPOINT` resumes at the next epoch. The job removes it when it ends
-    well (`remove`) and names it when it does not (`resume_hint`).
-    """
-
-    def __init__(self, path, settings):
-        super().__init__()
-        self.path, self.settings = Path(path), dict(settings)
-        self.completed = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        from splitnet.files import save_keras
-
-        save_keras(self.model, self.path, force=True, settings={**self.settings, "completed_epochs": epoch + 1})
-        self.completed = epoch + 1
-
-    def resume_hint(self, output="OUTPUT.keras"):
-        """What to say when the job stops early: where the last epoch's model is, how to go on."""
-        if self.completed is None:
-            return ""
-        return (
-            f"the model after epoch {self.completed} of {self.settings['epochs']} is in {self.path}; "
-            f"resume with `splitnet train {self.path} -o {output}`"
-        )
-
-    def remove(self):
-        if self.completed is not None:
-            self.path.unlink(missing_ok=True)
+def _shown(path):
+    """A path as a user would write it here: relative to the working folder when inside it."""
+    absolute = Path(path).resolve()
+    relative = os.path.relpath(absolute)
+    return absolute if relative.startswith("..") else Path(relative)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from click.testing import CliRunner
 import splitnet
 from splitnet import job
 from splitnet.cli import main
-from splitnet.files import OutputError, atomic_output, claimed_folder
+from splitnet.files import OutputError, atomic_output, claimed_folder, read_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -59,7 +60,7 @@ def test_a_built_model_trains_with_its_specs_settings(spec_with_data, tmp_path):
 
     # The trained model carries the same settings on; options override them.
     again = invoke("train", tmp_path / "t.keras", "--epochs", "1", "-o", tmp_path / "t2.keras")
-    assert f"training on {data}: x (96, 32) float32, y (96,) int64; 1 epochs, batch size 32" in again.output
+    assert f"training on {data}: x (96, 32) float32, y (96,) int64; 1 epoch, batch size 32" in again.output
 
 
 def test_train_says_when_it_uses_the_synthetic_task(tmp_path):
@@ -151,19 +152,25 @@ def test_an_output_created_meanwhile_is_kept(tmp_path):
 
 
 def _interrupt_after_checkpoint(args, checkpoint, cwd):
-    """Start `splitnet ARGS`, wait for its first checkpoint, press Ctrl-C; return (code, stderr)."""
+    """Start `splitnet ARGS`, wait for its checkpoint of epoch 2, press Ctrl-C; return (code, stderr)."""
     child = subprocess.Popen(
         [SPLITNET, *map(str, args)], cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         # A process started in the background inherits SIGINT ignored; Ctrl-C needs it back.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
-    while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
+    while child.poll() is None and time.monotonic() < deadline and _epochs_in(checkpoint) < 2:
         time.sleep(0.05)
-    time.sleep(0.3)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=120)
     return child.returncode, err
+
+
+def _epochs_in(checkpoint):
+    try:
+        return read_settings(checkpoint)["completed_epochs"]
+    except (OSError, KeyError, TypeError, zipfile.BadZipFile):
+        return 0
 
 
 def _completed(message):
@@ -176,7 +183,7 @@ def test_an_interrupted_run_keeps_a_checkpoint_that_train_resumes(tmp_path):
     assert code == 130
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("splitnet: interrupted; the model after epoch "), err
-    assert f"of 1000 is in {out / 'checkpoint.keras'}; resume with `splitnet train {out / 'checkpoint.keras'} -o OUTPUT.keras`" in lines[0]
+    assert f"of 1000 is in {out / 'checkpoint.keras'}; resume with `splitnet train {out / 'checkpoint.keras'} -o trained.keras`" in lines[0]
     assert [p.name for p in out.iterdir()] == ["checkpoint.keras"]  # nothing else, nothing half-written
     done = _completed(lines[0])
 
@@ -188,9 +195,12 @@ def test_an_interrupted_run_keeps_a_checkpoint_that_train_resumes(tmp_path):
     verified = invoke("verify", out / "checkpoint.keras", tmp_path / "t.keras")
     assert verified.output.startswith("OK: all 683 frozen entries are bit-identical")
 
-    # A finished checkpoint has nothing left to do at its own epoch count.
+    # At its own epoch count a checkpoint has nothing left to train: it is saved as it is.
     finished = invoke("train", out / "checkpoint.keras", "--epochs", done, "-o", tmp_path / "u.keras")
-    assert finished.exit_code == 2 and f"has completed {done} of {done} epochs; give --epochs above {done}" in finished.stderr
+    assert finished.exit_code == 0 and f"nothing left to train: {out / 'checkpoint.keras'} has completed all {done} epoch" in finished.output
+    assert invoke("verify", out / "checkpoint.keras", tmp_path / "u.keras").output.startswith("OK: all 683 frozen entries are bit-identical; 0 of")
+    fewer = invoke("train", out / "checkpoint.keras", "--epochs", 1, "-o", tmp_path / "v.keras")
+    assert fewer.exit_code == 2 and f"has completed {done} epochs; --epochs 1 is fewer" in fewer.stderr
 
 
 def test_an_interrupted_train_keeps_its_checkpoint_beside_the_output(tmp_path):
@@ -202,7 +212,7 @@ def test_an_interrupted_train_keeps_its_checkpoint_beside_the_output(tmp_path):
 
     # Starting afresh would overwrite it: refused, with the way to resume.
     fresh = invoke("train", QUICKSTART, "-o", tmp_path / "t.keras")
-    assert fresh.exit_code == 2 and "t.checkpoint.keras exists (an interrupted run's checkpoint)" in fresh.stderr
+    assert fresh.exit_code == 2 and "t.checkpoint.keras exists (a stopped run's checkpoint)" in fresh.stderr
     resumed = invoke("train", checkpoint, "--epochs", done + 1, "-o", tmp_path / "t.keras")
     assert resumed.exit_code == 0, resumed.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.keras"]
@@ -229,3 +239,101 @@ def test_help_version_and_usage_errors_do_not_import_tensorflow(args):
     imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "splitnet" in imported and "click" in imported
     assert not imported & {"tensorflow", "keras", "numpy", "yaml"}
+
+
+# -- the data a model trains on, when files move ---------------------------------------------
+
+
+def test_moved_data_can_be_given_and_inspect_needs_none(spec_with_data, tmp_path):
+    invoke("build", spec_with_data, "-o", tmp_path / "b.keras")
+    (tmp_path / "xy.npz").rename(tmp_path / "moved.npz")
+    assert invoke("inspect", tmp_path / "b.keras").exit_code == 0
+    result = invoke("train", tmp_path / "b.keras", "--data", tmp_path / "moved.npz", "-o", tmp_path / "t.keras")
+    assert result.exit_code == 0, result.stderr
+    assert f"training on {tmp_path / 'moved.npz'}: x (96, 32)" in result.output
+
+
+def test_a_project_folder_moves_as_a_whole(spec_with_data, tmp_path):
+    invoke("build", spec_with_data, "-o", tmp_path / "b.keras")
+    moved = tmp_path.parent / (tmp_path.name + "-moved")
+    tmp_path.rename(moved)
+    try:
+        result = invoke("train", moved / "b.keras", "-o", moved / "t.keras")
+        assert result.exit_code == 0, result.stderr
+        assert f"training on {moved / 'xy.npz'}: x (96, 32)" in result.output
+    finally:
+        moved.rename(tmp_path)
+
+
+def test_a_spec_whose_data_is_missing_is_refused_at_build(spec_with_data, tmp_path):
+    (tmp_path / "xy.npz").unlink()
+    result = invoke("build", spec_with_data, "-o", tmp_path / "b.keras")
+    assert result.exit_code == 2
+    line = spec_with_data.read_text().splitlines().index("  data: xy.npz") + 1
+    assert f"{spec_with_data}:{line}: train.data: {tmp_path / 'xy.npz'}: file not found" in result.stderr
+
+
+# -- stops after training, and Ctrl-C inside TensorFlow --------------------------------------
+
+
+def test_a_run_stopped_after_its_last_epoch_can_still_be_saved(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "export_saved_model", interrupted)
+    with pytest.raises(KeyboardInterrupt) as info:
+        job.run_spec(QUICKSTART, tmp_path / "run", epochs=2, verbose=0)
+    checkpoint = tmp_path / "run" / "checkpoint.keras"
+    assert info.value.resume_hint == (
+        f"the model after epoch 2 of 2 is in {checkpoint}; "
+        f"all epochs are done; save it with `splitnet train {checkpoint} -o trained.keras`"
+    )
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["checkpoint.keras"]
+    lines = []
+    job.train_file(checkpoint, tmp_path / "trained.keras", echo=lines.append)
+    assert lines == [f"nothing left to train: {checkpoint} has completed all 2 epochs"]
+    assert splitnet.verify(splitnet.load_model(checkpoint), splitnet.load_model(tmp_path / "trained.keras")).changed == 0
+
+
+def test_ctrl_c_stops_training_between_batches():
+    import keras
+
+    from splitnet.callbacks import InterruptAtBatchEnd
+
+    class PressCtrlC(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # arrives inside TensorFlow's step
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile("sgd", "mse")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with InterruptAtBatchEnd() as interrupt:
+                model.fit(np.zeros((64, 4)), np.zeros(64), batch_size=8, epochs=3, verbose=0, callbacks=[PressCtrlC(), interrupt])
+        assert int(model.optimizer.iterations) == 3  # the step under way finished, no other began
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and the handler is back
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# -- one output, one job ----------------------------------------------------------------------
+
+
+def test_an_output_held_by_another_train_is_refused_before_any_work(tmp_path):
+    from splitnet.files import claimed_file
+
+    with claimed_file(tmp_path / "same.keras"):
+        result = invoke("train", QUICKSTART, "-o", tmp_path / "same.keras")
+        assert result.exit_code == 2 and "Epoch" not in result.output
+        assert f"same.keras is being written by another process (pid {os.getpid()}" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # A lock left by a killed process is taken over.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".same.keras.lock").write_text(str(dead.pid))
+    result = invoke("train", QUICKSTART, "--epochs", 1, "-o", tmp_path / "same.keras")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.keras"]
