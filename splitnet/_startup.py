@@ -9,9 +9,12 @@ captured during that import and shown only if the import fails. Python users
 importing splitnet get everything at once and see TensorFlow as usual.
 """
 
+import contextlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 
 
 def invoked_as_command():
@@ -30,7 +33,7 @@ def quiet_tensorflow_import():
         os.dup2(captured.fileno(), 2)
         try:
             import tensorflow  # noqa: F401 - imported for its side effect, quietly
-        except BaseException:
+        except Exception:
             os.dup2(saved, 2)
             captured.seek(0)
             sys.stderr.write(captured.read().decode(errors="replace"))
@@ -38,3 +41,27 @@ def quiet_tensorflow_import():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+@contextlib.contextmanager
+def ctrl_c_afterwards():
+    """Hold a Ctrl-C that arrives in the block and raise it when the block ends.
+
+    A KeyboardInterrupt raised while a compiled module is being imported can
+    turn into an ImportError, or be swallowed by an optional import, so the
+    import finishes first. Nothing changes where Ctrl-C is not Python's
+    default (ignored in a background job, or handled by someone else).
+    """
+    pressed = []
+    previous = None
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt

@@ -11,6 +11,7 @@ Any Keras training can use them; they do not depend on the model being split.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
@@ -88,7 +89,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def resume_hint(self):
         """Where the last finished epoch's model is and how to go on, or "" before the first."""
-        if self.completed is None:
+        if self.completed is None or not self.path.exists():
             return ""
         total = self.settings["epochs"]
         how = "resume" if self.completed < total else "all epochs are done; save it"
@@ -110,8 +111,10 @@ class InterruptAtBatchEnd(keras.callbacks.Callback):
     TensorFlow (tracing the train function, converting a tensor) it may be
     swallowed, so training goes on, or turn into another error. Used as a
     context manager around `fit`, this callback only notes Ctrl-C and raises
-    it between two batches (or when the block ends). A second Ctrl-C acts at
-    once. Where Ctrl-C is ignored (a background job), nothing changes.
+    it between two batches (or when the block ends). A second Ctrl-C ends
+    the process at once, by the signal itself, as Ctrl-C does without Python
+    (raised inside TensorFlow it could become another error). Where Ctrl-C
+    is ignored (a background job) or handled by someone else, nothing changes.
 
     Example:
         >>> with InterruptAtBatchEnd() as interrupt:  # doctest: +SKIP
@@ -131,8 +134,9 @@ class InterruptAtBatchEnd(keras.callbacks.Callback):
         return self
 
     def _note(self, signum, frame):
-        if self.pressed:
-            raise KeyboardInterrupt  # pressed twice: at once
+        if self.pressed:  # pressed twice: now
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         self.pressed = True
 
     def __exit__(self, kind, value, traceback):

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 
 import click
 
 from splitnet import __version__
-from splitnet._startup import quiet_tensorflow_import
+from splitnet._startup import ctrl_c_afterwards, invoked_as_command, quiet_tensorflow_import
 from splitnet.distribute import STRATEGIES
 from splitnet.errors import InputError
 
@@ -44,6 +45,15 @@ def _with_hint(message, exc):
 
 class _Group(click.Group):
     def invoke(self, ctx):
+        try:
+            return self._invoke(ctx)
+        finally:
+            # The command has finished and said so; TensorFlow's shutdown takes a
+            # moment, and a Ctrl-C then would only kill the process without a word.
+            if invoked_as_command():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def _invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except click.exceptions.UsageError as exc:  # bad arguments: one line, not click's usage block
@@ -77,10 +87,11 @@ def main():
 
 def _library():
     """Import TensorFlow (quietly) and the library: the commands' first step."""
-    quiet_tensorflow_import()
-    import splitnet
+    with ctrl_c_afterwards():
+        quiet_tensorflow_import()
+        import splitnet
 
-    splitnet.import_all()
+        splitnet.import_all()
     return splitnet
 
 

@@ -72,7 +72,7 @@ def check_output(path, force=False, suffix=None, probe=True):
     if path.name in ("", ".", ".."):
         raise OutputError(f"cannot write to {path}: give the name of a new file or folder")
     if suffix is not None and path.suffix != suffix:
-        raise OutputError(f"{path}: a Keras model file must end in {suffix}")
+        raise OutputError(f"{path}: a Keras model file must be named NAME{suffix}")
     if os.path.lexists(path) and not force:
         raise OutputError(f"{path} already exists; overwrite it with --force (force=True in Python)")
     if not path.parent.is_dir():
@@ -226,9 +226,10 @@ def claimed_file(path):
     """Hold the output file `path` for one job until it ends, against a second job.
 
     A lock file `.NAME.lock` beside it, created atomically, holds this
-    process's id; a second job that wants `path` is refused before any work
-    while that process lives. A lock whose process is gone (killed) is taken
-    over.
+    process's id and start time; a second job that wants `path` is refused
+    before any work while that process lives. A lock whose process is gone
+    (killed), or whose id now names another process (ids are reused, and a
+    restarted container gives its first process the same id), is taken over.
 
     Raises:
         OutputError: another live process holds `path`.
@@ -237,7 +238,7 @@ def claimed_file(path):
     lock = path.with_name(f".{path.name}.lock")
     mine = path.with_name(f".{path.name}.lock-{os.getpid()}")
     try:
-        mine.write_text(str(os.getpid()))
+        mine.write_text(f"{os.getpid()} {_started(os.getpid()) or ''}".strip())
         for _ in range(2):
             try:
                 os.link(mine, lock)  # creates the lock with its content, atomically, or fails
@@ -260,20 +261,32 @@ def claimed_file(path):
 
 
 def _lock_owner(lock):
-    """The live process id written in `lock`, or None."""
+    """The id of the live process that wrote `lock`, or None if it is gone."""
     try:
-        pid = int(lock.read_text().strip())
+        pid, *started = lock.read_text().split()
+        pid = int(pid)
     except (OSError, ValueError):
         return None  # unreadable: treat as stale
-    if pid <= 0:
-        return None
+    if pid <= 0 or pid == os.getpid():
+        return None  # not a process, or an earlier life of this process id
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return None
     except PermissionError:
         pass  # alive, someone else's
+    if started and _started(pid) not in (None, started[0]):
+        return None  # the id now names a later process
     return pid
+
+
+def _started(pid):
+    """When process `pid` started (Linux: clock ticks since boot), or None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name before ")" may hold spaces
 
 
 def _first_free(stem):

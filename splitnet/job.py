@@ -148,19 +148,25 @@ def train_file(
                 f"`splitnet train {checkpoint_file} -o {output}`, or overwrite it with --force"
             )
         strategy = strategy or distribute.make_strategy("none")
-        with strategy.scope():
-            model, settings, completed = model_from(source, learning_rate, data)
-        if model.optimizer is None:
-            raise ModelFileError(f"{source} was saved without a compile config; train from its spec instead")
-        stored = settings_dict(settings, data, epochs, batch_size)
-        total = stored["epochs"]
-        if completed > total:
-            raise InputError(f"{source} has completed {_epochs(completed)}; --epochs {total} is fewer")
-        if completed < total and stored["data"] is not None and not Path(stored["data"]).is_file():
-            raise DataError(f"{source} trains on {settings.data} (from its spec), which does not exist; give --data")
-        checkpoint = EpochCheckpoint(checkpoint_file, stored, output)
-        checkpoint.completed = completed if resuming else None
+        checkpoint = EpochCheckpoint(checkpoint_file, {"epochs": "?"}, output)
+        if resuming:  # until training moves on, the input is the checkpoint to point to
+            checkpoint.settings = read_settings(checkpoint_file) or checkpoint.settings
+            checkpoint.completed = checkpoint.settings.get("completed_epochs")
         try:
+            with strategy.scope():
+                model, settings, completed = model_from(source, learning_rate, data)
+            if model.optimizer is None:
+                raise ModelFileError(f"{source} was saved without a compile config; train from its spec instead")
+            stored = settings_dict(settings, data, epochs, batch_size)
+            checkpoint.settings = stored
+            total = stored["epochs"]
+            if completed > total:
+                raise InputError(f"{source} has completed {_epochs(completed)}; --epochs {total} is fewer")
+            if completed < total and stored["data"] is not None and not Path(stored["data"]).is_file():
+                raise DataError(
+                    f"{source} trains on {settings.data} (from its spec), which does not exist there "
+                    "nor where it was when the model was saved; give --data"
+                )
             if completed < total:
                 dataset = get_data(model, settings.data if data is None else data, seed=stored["seed"])
                 todo = f"epochs {completed + 1}-{total} of {total}" if completed else _epochs(total)

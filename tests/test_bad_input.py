@@ -165,7 +165,7 @@ OTHER_CASES = [
     ("run-into-dot", ["run", "{tmp}/spec.yaml", "-o", ".", "--force"], 2, "cannot write to .: give the name of a new file or folder"),
     ("run-over-a-file", ["run", "{tmp}/spec.yaml", "-o", "{tmp}/out.keras", "--force"], 2, "Directory '{tmp}/out.keras' is a file"),
     ("output-under-a-file", ["build", "{tmp}/spec.yaml", "-o", "{tmp}/out.keras/x.keras"], 2, "folder {tmp}/out.keras is not a folder"),
-    ("train-output-suffix", ["train", "{tmp}/spec.yaml", "-o", "{tmp}/out.h5"], 2, "{tmp}/out.h5: a Keras model file must end in .keras"),
+    ("train-output-suffix", ["train", "{tmp}/spec.yaml", "-o", "{tmp}/out.h5"], 2, "{tmp}/out.h5: a Keras model file must be named NAME.keras"),
     ("train-read-only", ["train", "{tmp}/spec.yaml", "-o", "/proc/splitnet-test.keras"], 2, "cannot write in /proc:"),
     ("verify-plain-models", ["verify", "{tmp}/good.keras", "{tmp}/good.keras"], 2, "neither model records frozen entries"),
 ]
@@ -192,7 +192,7 @@ def test_bad_files_and_arguments(workdir, case_id, args, code, expected):
         ("{tmp}/out.keras", "{tmp}/out.keras already exists; overwrite it with --force"),
         ("{tmp}/missing/out.keras", "cannot write {tmp}/missing/out.keras: folder {tmp}/missing does not exist"),
         ("/proc/splitnet-test.keras", "cannot write in /proc:"),  # read-only, even for root
-        ("{tmp}/out.h5", "{tmp}/out.h5: a Keras model file must end in .keras"),
+        ("{tmp}/out.h5", "{tmp}/out.h5: a Keras model file must be named NAME.keras"),
     ],
     ids=["exists", "missing-folder", "read-only-folder", "wrong-suffix"],
 )

@@ -159,7 +159,7 @@ def test_existing_output_is_not_overwritten(built, tmp_path):
         (["run", "{bad}", "-o", "{tmp}/run"], 2, "splitnet: error: {bad}:7:"),
         (["build", "{tmp}/missing.yaml", "-o", "{tmp}/o.keras"], 2, "does not exist"),
         (["build", QUICKSTART, "-o", "{tmp}/no/such/o.keras"], 2, "folder {tmp}/no/such does not exist"),
-        (["build", QUICKSTART, "-o", "{tmp}/o.h5"], 2, "must end in .keras"),
+        (["build", QUICKSTART, "-o", "{tmp}/o.h5"], 2, "must be named NAME.keras"),
         (["merge", "{notkeras}", "-o", "{tmp}/o.keras"], 2, "{notkeras}: not a Keras archive"),
         (["merge", QUICKSTART, "-o", "{tmp}/o.keras"], 2, "expected a Keras model file (.keras)"),
         (["train", "{notkeras}", "-o", "{tmp}/o.keras"], 2, "not a Keras archive"),

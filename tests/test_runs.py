@@ -74,7 +74,7 @@ def test_the_specs_data_gone_is_a_clear_error(spec_with_data, tmp_path):
     (tmp_path / "xy.npz").unlink()
     result = invoke("train", tmp_path / "b.keras", "-o", tmp_path / "t.keras")
     assert result.exit_code == 2
-    assert f"trains on {(tmp_path / 'xy.npz').resolve()} (from its spec), which does not exist; give --data" in result.stderr
+    assert f"trains on {(tmp_path / 'xy.npz').resolve()} (from its spec), which does not exist there nor where it was when the model was saved; give --data" in result.stderr
 
 
 def test_run_says_what_it_trains_on(spec_with_data, tmp_path):
@@ -323,17 +323,101 @@ def test_ctrl_c_stops_training_between_batches():
 
 
 def test_an_output_held_by_another_train_is_refused_before_any_work(tmp_path):
-    from splitnet.files import claimed_file
+    from splitnet.files import _started
 
-    with claimed_file(tmp_path / "same.keras"):
+    lock = tmp_path / ".same.keras.lock"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock.write_text(f"{other.pid} {_started(other.pid)}")  # as a live `splitnet train` writes it
         result = invoke("train", QUICKSTART, "-o", tmp_path / "same.keras")
         assert result.exit_code == 2 and "Epoch" not in result.output
-        assert f"same.keras is being written by another process (pid {os.getpid()}" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
-    # A lock left by a killed process is taken over.
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / ".same.keras.lock").write_text(str(dead.pid))
-    result = invoke("train", QUICKSTART, "--epochs", 1, "-o", tmp_path / "same.keras")
-    assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.keras"]
+        assert f"same.keras is being written by another process (pid {other.pid}, lock {lock})" in result.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".same.keras.lock"]
+        # The same id with another start time is a later process: the lock is stale.
+        lock.write_text(f"{other.pid} 1")
+        result = invoke("train", QUICKSTART, "--epochs", 1, "-o", tmp_path / "same.keras")
+        assert result.exit_code == 0, result.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["same.keras"]
+    finally:
+        other.kill()
+        other.wait()
+    # So is one left by a process that is gone, or by an earlier life of this process id
+    # (a restarted container).
+    for pid in (other.pid, os.getpid()):
+        lock.write_text(str(pid))
+        result = invoke("train", QUICKSTART, "--epochs", 1, "-o", tmp_path / "same.keras", "--force")
+        assert result.exit_code == 0, result.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["same.keras"]
+
+
+def test_a_run_stopped_after_its_results_are_in_place_points_to_no_checkpoint(tmp_path, monkeypatch):
+    from splitnet import files
+
+    real_remove, calls = files._remove, []
+
+    def remove_then_interrupt(path):  # Ctrl-C while the old, claimed folder is being removed
+        real_remove(path)
+        calls.append(path)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(files, "_remove", remove_then_interrupt)
+    with pytest.raises(KeyboardInterrupt) as info:
+        job.run_spec(QUICKSTART, tmp_path / "run", epochs=1, verbose=0)
+    assert info.value.resume_hint == ""  # its checkpoint went with the claimed folder
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["report.json", "saved_model", "spec.yaml", "split.keras"]
+
+
+def _start(args, cwd):
+    return subprocess.Popen(
+        [SPLITNET, *map(str, args)], cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0])
+def test_ctrl_c_while_tensorflow_loads_is_one_line(tmp_path, delay):
+    child = _start(["train", QUICKSTART, "--epochs", 1000, "-o", "t.keras"], tmp_path)
+    time.sleep(delay)  # the command is importing TensorFlow
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    assert err.strip().splitlines()[0].startswith("splitnet: interrupted") and len(err.strip().splitlines()) == 1, err
+
+
+def test_ctrl_c_after_the_command_has_finished_changes_nothing(tmp_path):
+    child = _start(["inspect", QUICKSTART], tmp_path)
+    for line in child.stdout:
+        if line.startswith("optimizer state saved"):  # the last line: the command is done
+            child.send_signal(signal.SIGINT)  # TensorFlow is still shutting down
+            break
+    child.communicate(timeout=60)
+    assert child.returncode == 0
+
+
+PRESS_TWICE = """
+import os, signal, keras, numpy as np
+from splitnet.callbacks import InterruptAtBatchEnd
+
+class PressTwice(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+inputs = keras.Input((4,))
+model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+model.compile("sgd", "mse")
+with InterruptAtBatchEnd() as interrupt:
+    model.fit(np.zeros((64, 4)), np.zeros(64), batch_size=8, epochs=3, verbose=0, callbacks=[PressTwice(), interrupt])
+print("not reached")
+"""
+
+
+def test_ctrl_c_twice_ends_the_process_at_once(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", PRESS_TWICE], capture_output=True, text=True, env=ENV, timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert result.returncode == -signal.SIGINT, result.stderr[-2000:]  # killed by the signal, as without Python
+    assert "not reached" not in result.stdout
