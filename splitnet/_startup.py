@@ -9,7 +9,6 @@ captured during that import and shown only if the import fails. Python users
 importing splitnet get everything at once and see TensorFlow as usual.
 """
 
-import contextlib
 import os
 import signal
 import sys
@@ -43,25 +42,43 @@ def quiet_tensorflow_import():
             os.close(saved)
 
 
-@contextlib.contextmanager
-def ctrl_c_afterwards():
-    """Hold a Ctrl-C that arrives in the block and raise it when the block ends.
+class HeldCtrlC:
+    """A context that holds a Ctrl-C arriving in it and raises it when it ends.
 
-    A KeyboardInterrupt raised while a compiled module is being imported can
-    turn into an ImportError, or be swallowed by an optional import, so the
-    import finishes first. Nothing changes where Ctrl-C is not Python's
+    Python raises KeyboardInterrupt wherever the main thread is; inside a
+    compiled module's import or TensorFlow's own code it can turn into
+    another error, or be swallowed. Held, it is raised at a safe point: when
+    the block ends, or earlier where the code checks `pressed` (training
+    checks between batches). Nothing changes where Ctrl-C is not Python's
     default (ignored in a background job, or handled by someone else).
+
+    Args:
+        kill_on_second: A second Ctrl-C ends the process at once, by the
+            signal itself, as Ctrl-C does without Python.
     """
-    pressed = []
-    previous = None
-    if threading.current_thread() is threading.main_thread() and (
-        signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    ):
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    if pressed:
-        raise KeyboardInterrupt
+
+    def __init__(self, kill_on_second=False):
+        self.kill_on_second = kill_on_second
+        self.pressed = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and (
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def _note(self, signum, frame):
+        if self.pressed and self.kill_on_second:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        self.pressed = True
+
+    def __exit__(self, kind, value, traceback):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        if kind is None and self.pressed:
+            raise KeyboardInterrupt
+        return False

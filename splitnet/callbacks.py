@@ -11,14 +11,12 @@ Any Keras training can use them; they do not depend on the model being split.
 from __future__ import annotations
 
 import math
-import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import keras
 
+from splitnet._startup import HeldCtrlC
 from splitnet.errors import TrainingDiverged
 
 
@@ -50,10 +48,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             _end_progress_line(self)
-            raise TrainingDiverged(
-                f"the loss became {float(loss)} in epoch {self.epoch + 1} (batch {batch + 1}); training stopped "
-                "(a lower learning rate may help)"
-            )
+            raise TrainingDiverged.at(float(loss), self.epoch + 1, batch + 1)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -123,32 +118,17 @@ class InterruptAtBatchEnd(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.pressed = False
-        self._previous = None
+        self._held = HeldCtrlC(kill_on_second=True)
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread() and (
-            signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            self._previous = signal.signal(signal.SIGINT, self._note)
+        self._held.__enter__()
         return self
 
-    def _note(self, signum, frame):
-        if self.pressed:  # pressed twice: now
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGINT)
-        self.pressed = True
-
     def __exit__(self, kind, value, traceback):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-        if kind is None and self.pressed:
-            raise KeyboardInterrupt
-        return False
+        return self._held.__exit__(kind, value, traceback)
 
     def _check(self):
-        if self.pressed:
+        if self._held.pressed:
             _end_progress_line(self)
             raise KeyboardInterrupt
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from splitnet import __version__
-from splitnet._startup import ctrl_c_afterwards, invoked_as_command, quiet_tensorflow_import
+from splitnet._startup import HeldCtrlC, invoked_as_command, quiet_tensorflow_import
 from splitnet.distribute import STRATEGIES
 from splitnet.errors import InputError
 
@@ -87,7 +87,7 @@ def main():
 
 def _library():
     """Import TensorFlow (quietly) and the library: the commands' first step."""
-    with ctrl_c_afterwards():
+    with HeldCtrlC():  # a Ctrl-C during the import is raised once it is done
         quiet_tensorflow_import()
         import splitnet
 

@@ -114,7 +114,7 @@ def fit(model, strategy, data, epochs, batch_size, echo=print, callbacks=(), ini
         loss = sum(losses) / len(losses)
         echo(f"epoch {epoch + 1}/{epochs} - {len(losses)} steps - loss: {loss:.4f}")
         if not math.isfinite(loss):
-            raise TrainingDiverged(f"the loss became {loss} in epoch {epoch + 1}; training stopped (a lower learning rate may help)")
+            raise TrainingDiverged.at(loss, epoch + 1)
         for callback in callbacks:
             callback.on_epoch_end(epoch, {"loss": loss})
     return None

@@ -49,3 +49,9 @@ class ModelError(InputError):
 
 class TrainingDiverged(SplitnetError):
     """The loss became NaN or infinite during training."""
+
+    @classmethod
+    def at(cls, loss, epoch, batch=None):
+        """The error for `loss` seen in (1-based) `epoch`, and `batch` if known."""
+        where = f"epoch {epoch}" if batch is None else f"epoch {epoch} (batch {batch})"
+        return cls(f"the loss became {loss} in {where}; training stopped (a lower learning rate may help)")

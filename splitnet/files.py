@@ -79,12 +79,12 @@ def check_output(path, force=False, suffix=None, probe=True):
         problem = "is not a folder" if path.parent.exists() else "does not exist"
         raise OutputError(f"cannot write {path}: folder {path.parent} {problem}")
     if probe:
-        probe = path.parent / f".{path.name}.probe-{secrets.token_hex(6)}"
+        trial = path.parent / f".{path.name}.probe-{secrets.token_hex(6)}"
         try:
             try:
-                probe.touch(exist_ok=False)
+                trial.touch(exist_ok=False)
             finally:
-                probe.unlink(missing_ok=True)  # also when interrupted
+                trial.unlink(missing_ok=True)  # also when interrupted
         except OSError as exc:
             raise OutputError(f"cannot write in {path.parent}: {exc.strerror}") from None
     return path
@@ -153,8 +153,8 @@ def _rename(a, b, flag):
     Returns False when `b` exists (no-replace) or the swap is not possible;
     raises OSError for other failures.
     Where renameat2 is missing, no-replace falls back to a check then a
-    rename (a small race, but a claimed run folder is never at risk: it is
-    not empty), and an exchange is reported as not possible.
+    rename (with a small race between the two), and an exchange is reported
+    as not possible.
     """
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2

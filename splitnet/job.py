@@ -148,10 +148,9 @@ def train_file(
                 f"`splitnet train {checkpoint_file} -o {output}`, or overwrite it with --force"
             )
         strategy = strategy or distribute.make_strategy("none")
-        checkpoint = EpochCheckpoint(checkpoint_file, {"epochs": "?"}, output)
-        if resuming:  # until training moves on, the input is the checkpoint to point to
-            checkpoint.settings = read_settings(checkpoint_file) or checkpoint.settings
-            checkpoint.completed = checkpoint.settings.get("completed_epochs")
+        # Until training moves on, a resumed checkpoint is the one to point to.
+        checkpoint = EpochCheckpoint(checkpoint_file, (resuming and read_settings(checkpoint_file)) or {}, output)
+        checkpoint.completed = checkpoint.settings.get("completed_epochs")
         try:
             with strategy.scope():
                 model, settings, completed = model_from(source, learning_rate, data)
@@ -162,12 +161,12 @@ def train_file(
             total = stored["epochs"]
             if completed > total:
                 raise InputError(f"{source} has completed {_epochs(completed)}; --epochs {total} is fewer")
-            if completed < total and stored["data"] is not None and not Path(stored["data"]).is_file():
-                raise DataError(
-                    f"{source} trains on {settings.data} (from its spec), which does not exist there "
-                    "nor where it was when the model was saved; give --data"
-                )
             if completed < total:
+                if stored["data"] is not None and not Path(stored["data"]).is_file():
+                    raise DataError(
+                        f"{source} trains on {settings.data} (from its spec), which does not exist there "
+                        "nor where it was when the model was saved; give --data"
+                    )
                 dataset = get_data(model, settings.data if data is None else data, seed=stored["seed"])
                 todo = f"epochs {completed + 1}-{total} of {total}" if completed else _epochs(total)
                 echo(f"training on {dataset.describe()}; {todo}, batch size {stored['batch_size']}")

@@ -286,7 +286,7 @@ def get_data(model, data_path=None, seed=0):
     return synthetic_data(model, seed=seed)
 
 
-# -- settings that travel with a saved model, and per-epoch checkpoints ---------------
+# -- settings that travel with a saved model ------------------------------------------
 
 
 def settings_dict(train_spec, data=None, epochs=None, batch_size=None):
