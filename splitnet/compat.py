@@ -41,6 +41,13 @@ def sublayers(layer):
     return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
+def set_keras_mask(x, mask):
+    """Attach a mask to a tensor, as `ReversibleEmbedding.call` does (not exported by Keras)."""
+    from keras.src.backend import set_keras_mask as set_mask
+
+    set_mask(x, mask)
+
+
 def has_assets(model):
     """Whether anything the model holds saves assets (a vocabulary), as Keras' saving checks.
 
@@ -61,16 +68,24 @@ def unlocked(layer):
         layer._tracker.lock()
 
 
-def forget_dense_variables(layer):
-    """Stop tracking a built Dense's `kernel` and `bias` variables and drop them.
+def forget_variables(layer, attributes):
+    """Stop tracking a built layer's variables held in `attributes` and drop them.
 
-    The kernel lives in the private `_kernel` (`Dense.kernel` is a property);
-    `del layer.attr` would untrack publicly but runs `gc.collect()` each time
-    (seconds for a model with many layers).
+    Keras keeps a layer's main weight in a private attribute (`Dense._kernel`,
+    `Conv2D._kernel`, `EinsumDense._kernel`, `Embedding._embeddings`; the
+    public names are properties); `del layer.attr` would untrack publicly but
+    runs `gc.collect()` each time (seconds for a model with many layers).
+    The first attribute (the main weight) must be there; the others (a
+    bias) may be missing or hold None.
     """
-    for attribute in ("_kernel", "bias"):
+    for i, attribute in enumerate(attributes):
+        if attribute not in layer.__dict__ and i > 0:
+            continue
         if attribute not in layer.__dict__:
-            raise RuntimeError(f"Keras {keras.__version__}: a built Dense has no {attribute!r} attribute (splitnet/compat.py)")
+            raise RuntimeError(
+                f"Keras {keras.__version__}: a built {type(layer).__name__} has no {attribute!r} attribute "
+                "(splitnet/compat.py)"
+            )
         value = layer.__dict__.pop(attribute)
         if isinstance(value, keras.Variable):
             layer._untrack_variable(value)
@@ -195,6 +210,11 @@ def rewrite_archive(src, dst, *, config=None, drop=()):
                     shutil.copyfileobj(member, out, 1 << 24)
 
 
+def _built(layer, shape):
+    layer.build(shape)
+    return layer
+
+
 def check():
     """Touch every private attribute used above; raise naming the first one missing."""
     inputs = keras.Input((2,))
@@ -207,6 +227,9 @@ def check():
         "Layer._tracker.unlock/lock": lambda: (dense._tracker.unlock, dense._tracker.lock),
         "Layer._untrack_variable": lambda: dense._untrack_variable,
         "Dense._kernel": lambda: dense.__dict__["_kernel"],
+        "Conv2D._kernel": lambda: _built(keras.layers.Conv2D(1, 1), (1, 2, 2, 1)).__dict__["_kernel"],
+        "EinsumDense._kernel": lambda: _built(keras.layers.EinsumDense("ab,bc->ac", 2), (1, 2)).__dict__["_kernel"],
+        "Embedding._embeddings": lambda: _built(keras.layers.Embedding(2, 2), (1,)).__dict__["_embeddings"],
     }
     for name, get in needs.items():
         try:

@@ -107,7 +107,7 @@ def _rename_along(model, layer, key):
 def _split_entries(config):
     """How many split layers a model config describes (each is saved once, shared or not)."""
     if isinstance(config, dict):
-        names = {keras.saving.get_registered_name(kind.split) for kind in kinds.KINDS}
+        names = {keras.saving.get_registered_name(cls) for kind in kinds.KINDS for cls in kind.split}
         return int(config.get("registered_name") in names) + sum(_split_entries(v) for v in config.values())
     if isinstance(config, list):
         return sum(_split_entries(v) for v in config)
@@ -277,7 +277,8 @@ def _copy_by_cloning(model, plain):
             if isinstance(layer, (Functional, keras.Sequential)):
                 clones[id(layer)] = keras.models.clone_model(layer, clone_function=clone_function)
             elif kind is not None and plain:
-                clones[id(layer)] = kind.plain.from_config(kind.plain_entry({"config": layer.get_config()})["config"])
+                entry = kind.plain_entry(keras.saving.serialize_keras_object(layer))
+                clones[id(layer)] = keras.saving.deserialize_keras_object(entry)
             else:
                 clones[id(layer)] = layer.__class__.from_config(layer.get_config())
         return clones[id(layer)]
@@ -328,7 +329,7 @@ def _plain_config(node):
     """A model config with every serialized split layer replaced by its plain layer."""
     if isinstance(node, dict):
         for kind in kinds.KINDS:
-            if node.get("registered_name") == keras.saving.get_registered_name(kind.split):
+            if node.get("registered_name") in {keras.saving.get_registered_name(cls) for cls in kind.split}:
                 node = kind.plain_entry(node)
         return {k: _plain_config(v) for k, v in node.items()}
     if isinstance(node, list):

@@ -27,7 +27,7 @@ from splitnet.errors import SpecError
 
 _TOP_KEYS = ("model", "base", "freeze", "train")
 _MODEL_KEYS = ("name", "input_shape", "layers")
-_FREEZE_KEYS = ("units", "rows", "bias")
+_FREEZE_KEYS = ("units", "rows", "bias", "axis", "heads")
 _TRAIN_KEYS = ("data", "loss", "optimizer", "metrics", "epochs", "batch_size", "seed")
 # Layers a spec may not name: Lambda runs arbitrary code, the others are not
 # layers of a stack.
@@ -110,13 +110,16 @@ class IndexSet:
 
 @dataclasses.dataclass(frozen=True)
 class FreezeRule:
-    """What is frozen in one Dense layer."""
+    """What is frozen in one layer: `units`, `rows`, `bias`; `axis` (EinsumDense);
+    or `heads` of an attention layer (expanded into rules on its projections)."""
 
     layer: str
     units: IndexSet | None
     rows: IndexSet | None
     bias: bool
     path: tuple
+    axis: str | None = None
+    heads: IndexSet | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,15 +336,28 @@ def parse_freeze(value, where, path=("freeze",)):
             raise where.error(sub, f"a layer name must be a non-empty string, got {name!r}", key=True)
         if entry is None or (isinstance(entry, Mapping) and not entry):
             raise where.error(sub, "nothing to freeze; give units, rows and/or bias: true")
-        _check_mapping(entry, sub, where, _FREEZE_KEYS, "units/rows/bias")
+        _check_mapping(entry, sub, where, _FREEZE_KEYS, "units/rows/bias/axis/heads")
         bias = entry.get("bias", False)
         bias = bool(bias) if isinstance(bias, np.bool_) else bias
         if not isinstance(bias, bool):
             raise where.error(sub + ("bias",), f"expected true or false, got {bias!r}")
         units = entry.get("units")
         rows = entry.get("rows")
-        if units is None and rows is None and not bias:
+        heads = entry.get("heads")
+        axis = entry.get("axis")
+        if heads is not None:
+            others = [key for key in ("units", "rows", "bias", "axis") if key in entry]
+            if others:
+                raise where.error(
+                    sub + (others[0],),
+                    "heads: freezes the same heads in query, key, value (units) and attention_output (rows); "
+                    f"give it alone, or write rules for the projections ({name}/query, ...)",
+                    key=True,
+                )
+        elif units is None and rows is None and not bias:
             raise where.error(sub, "nothing to freeze; give units, rows and/or bias: true")
+        if axis is not None and not (isinstance(axis, str) and len(axis) == 1 and axis.isalpha()):
+            raise where.error(sub + ("axis",), f"expected one letter of the layer's einsum equation, got {axis!r}")
         rules.append(
             FreezeRule(
                 layer=name,
@@ -349,6 +365,8 @@ def parse_freeze(value, where, path=("freeze",)):
                 rows=None if rows is None else parse_index_set(rows, sub + ("rows",), where),
                 bias=bias,
                 path=sub,
+                axis=axis,
+                heads=None if heads is None else parse_index_set(heads, sub + ("heads",), where),
             )
         )
     return tuple(rules)

@@ -14,6 +14,7 @@ import re
 import keras
 
 from splitnet import kinds, saving, spec as spec_lib, tree
+from splitnet.kinds import einsum
 from splitnet.errors import ModelError
 from splitnet.files import ModelFileError, load_keras
 
@@ -64,7 +65,7 @@ def plan_layers(model, rules, where):
     """
     trainable = tree.trainable_ids(model)
     targets = {}
-    for rule in rules:
+    for rule in _expand_heads(model, rules, where):
         layer = tree.find(model, rule.layer)
         if layer is None:
             hint = spec_lib.suggest(rule.layer, splittable_keys(model))
@@ -79,6 +80,10 @@ def plan_layers(model, rules, where):
                 f"{kinds.supported_names()} layers",
                 key=True,
             )
+        if rule.axis is not None and kind is not einsum.KIND:
+            raise where.error(
+                rule.path + ("axis",), f"layer {rule.layer!r} is a {type(layer).__name__}; axis: applies to EinsumDense layers"
+            )
         if id(layer) in targets:
             raise where.error(rule.path, f"layer {rule.layer!r} is named twice (also as {targets[id(layer)][1]!r})", key=True)
         if not layer.built:
@@ -91,6 +96,21 @@ def plan_layers(model, rules, where):
             )
         targets[id(layer)] = (layer, rule.layer, kind.plan(layer, rule, where), kind)
     return targets
+
+
+def _expand_heads(model, rules, where):
+    """Rules with `heads:` (on an attention layer) -> a rule per projection (`einsum.heads_rules`)."""
+    out = []
+    for rule in rules:
+        if rule.heads is None:
+            out.append(rule)
+            continue
+        layer = tree.find(model, rule.layer)
+        if layer is None:
+            hint = spec_lib.suggest(rule.layer, [key for key, _ in tree.walk(model)])
+            raise where.error(rule.path, f"no layer {rule.layer!r} in model {model.name!r}{hint}", key=True)
+        out += einsum.heads_rules(layer, rule, where, lambda key: tree.find(model, key))
+    return out
 
 
 def split_in_place(model, rules, where):

@@ -54,7 +54,7 @@ SPEC_CASES = [
     ("unknown-layer-arg", edit("units: 64, activation", "units: 64, activaton"), "5: model.layers[0].activaton: Dense has no argument 'activaton'; did you mean 'activation'?"),
     ("misspelled-layer", edit("  hidden:\n", "  hiden:\n"), "9: freeze.hiden: no layer 'hiden' in model 'net'; did you mean 'hidden'?"),
     ("layer-not-in-model", edit("  head:\n", "  output:\n"), "11: freeze.output: no layer 'output' in model 'net'"),
-    ("non-dense", edit("  head:\n", "  drop:\n"), "11: freeze.drop: layer 'drop' is of type Dropout; splitnet splits Dense layers"),
+    ("non-dense", edit("  head:\n", "  drop:\n"), "11: freeze.drop: layer 'drop' is of type Dropout; splitnet splits Dense, EinsumDense, Conv1D, Conv2D, Conv3D, Embedding, ReversibleEmbedding layers"),
     ("out-of-range", edit('"8:16", -1]', '"8:16", 64]'), "10: freeze.hidden.units[3]: 64 is out of range, layer 'hidden' has 64 units"),
     ("negative-out-of-range", edit('"8:16", -1]', '"8:16", -65]'), "10: freeze.hidden.units[3]: -65 is out of range, layer 'hidden' has 64 units"),
     ("range-out-of-range", edit('rows: "0:32"', 'rows: "0:65"'), "12: freeze.head.rows: range '0:65': 65 is out of range, layer 'head' has 64 input rows"),

@@ -98,7 +98,7 @@ def test_public_name_and_repr():
 
 def test_reordering_by_row_gather_matches(monkeypatch):
     """The transposed gather used for wide layers gives the same values and gradients."""
-    from splitnet.kinds import dense
+    from splitnet.kinds import pieces as dense
 
     frozen = tuple(range(0, 40, 2))
     plain, reference = _pair(frozen, (1, 3, 4))

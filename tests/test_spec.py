@@ -81,7 +81,7 @@ BAD = [
     ("rows: \"0:32\"", "rows: \"0:65\"", 12, "freeze.head.rows: range '0:65': 65 is out of range, layer 'head' has 64 input rows"),
     ("bias: false", "bias: 1", 13, "freeze.head.bias: expected true or false"),
     ("  hidden:\n", "  hiden:\n", 9, "freeze.hiden: no layer 'hiden' in model 'quickstart'; did you mean 'hidden'?"),
-    ("  head:\n", "  dropout:\n", 11, "freeze.dropout: layer 'dropout' is of type Dropout; splitnet splits Dense layers"),
+    ("  head:\n", "  dropout:\n", 11, "freeze.dropout: layer 'dropout' is of type Dropout; splitnet splits Dense, EinsumDense, Conv1D, Conv2D, Conv3D, Embedding, ReversibleEmbedding layers"),
     ("  name: quickstart\n", "  name: quickstart\n  nmae: x\n", 3, "model.nmae: unknown key 'nmae'; did you mean 'name'?"),
     ("input_shape: [32]", "input_shape: [0]", 3, "model.input_shape[0]: expected a positive integer"),
     ("input_shape: [32]", "input_shape: 32", 3, "model.input_shape: expected a non-empty list"),

@@ -246,7 +246,7 @@ def test_non_dense_layer_is_refused():
     inputs = keras.Input((IN_DIM,))
     h = keras.layers.Dense(UNITS, name="d")(inputs)
     model = keras.Model(inputs, keras.layers.Dropout(0.1, name="drop")(h))
-    with pytest.raises(splitnet.SpecError, match="freeze.drop: layer 'drop' is of type Dropout; splitnet splits Dense layers"):
+    with pytest.raises(splitnet.SpecError, match="freeze.drop: layer 'drop' is of type Dropout; splitnet splits Dense, EinsumDense, Conv1D, Conv2D, Conv3D, Embedding, ReversibleEmbedding layers"):
         splitnet.split_model(model, {"drop": {"units": [0]}})
 
 

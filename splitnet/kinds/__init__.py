@@ -1,12 +1,14 @@
 """The layer-kind seam: what splitnet knows about each kind of layer it splits.
 
-Each kind is one module (`dense.py`, ...) exporting a `KIND` object with:
+Each kind is one module (`dense.py`, `conv.py`, `einsum.py`,
+`embedding.py`) exporting a `KIND` object, a `pieces.Kind`, with:
 
 * `name`, and `note`: the dataset name its split layers write beside their
   weights (see `saving.py`).
-* `plain`: the Keras layer class it splits (exact type, not subclasses),
-  and `split`: the registered class a split layer of that kind becomes
-  (its instances have a `plan`).
+* `splits`: `{plain Keras layer class: registered split class}`. A layer is
+  of the kind when its exact type is a key (not a subclass: a subclass may
+  compute something else with the same weights); `plains` and `split` are
+  the keys and the values as tuples. Split instances have a `plan`.
 * `plan(layer, rule, where)`: resolve a `spec.FreezeRule` against the
   layer (which axes `units` and `rows` name) and `check` that splitting
   keeps its meaning; raises `SpecError`.
@@ -14,9 +16,10 @@ Each kind is one module (`dense.py`, ...) exporting a `KIND` object with:
   `plan_from_note(note)`: the plan a saved note describes.
 * `masks(layer, trainable_ids)`: `{weight name: bool array}` in the plain
   layer's coordinates, True where frozen (split, or plain and not trainable),
-  or None when nothing is frozen.
+  or None when nothing is frozen; `weight_names_of(layer)`.
 * `merged_weights(layer)`: the plain layer's weights, as numpy arrays.
-* `describe(layer, masks)`: a row for `splitnet inspect`.
+* `describe(layer, masks)`: a row for `splitnet inspect`; `picture(layer,
+  masks)`: a 2-D map for `--plot`.
 * `plain_entry(entry)`: the serialized plain layer for a serialized split
   one (what `merge_model` writes into the model config).
 
@@ -26,15 +29,15 @@ so a new kind is one module here plus its tests.
 
 from __future__ import annotations
 
-from splitnet.kinds import dense
+from splitnet.kinds import conv, dense, einsum, embedding
 
-KINDS = (dense.KIND,)
+KINDS = (dense.KIND, einsum.KIND, conv.KIND, embedding.KIND)
 
 
 def kind_of(layer):
     """The kind that can split `layer` (its exact class), or None."""
     for kind in KINDS:
-        if type(layer) is kind.plain:
+        if type(layer) in kind.splits:
             return kind
     return None
 
@@ -60,4 +63,5 @@ def by_name(name):
 
 
 def supported_names():
-    return ", ".join(kind.plain.__name__ for kind in KINDS)
+    names = dict.fromkeys(cls.__name__ for kind in KINDS for cls in kind.plains)
+    return ", ".join(names)

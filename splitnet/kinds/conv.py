@@ -1,0 +1,101 @@
+"""Conv1D, Conv2D, Conv3D: `units` are output filters, `rows` input channels.
+
+The kernel has shape (*kernel_size, in_channels, filters): `units` select
+`kernel[..., :, j]` (and `bias[j]`), `rows` select `kernel[..., i, :]`.
+Each piece is a convolution of the input channels it reads with its filters;
+pieces of the same filters are summed (a convolution is linear in its input
+channels), and the filter blocks are joined in the original order.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from splitnet.kinds.pieces import KernelSplitLayer, Kind, split_class
+from splitnet.plan import KernelPlan, resolve
+
+
+class _SplitConv(KernelSplitLayer):
+    """A Conv1D/2D/3D whose chosen filters and input channels are frozen, exactly.
+
+    Made by `splitnet.split_model` from a built convolution, in place; see
+    `SplitDense` for how the pieces train, save and merge.
+
+    Example:
+        >>> import keras, splitnet
+        >>> inputs = keras.Input((8, 8, 3))
+        >>> model = keras.Model(inputs, keras.layers.Conv2D(4, 3, name="c")(inputs))
+        >>> layer = splitnet.split_model(model, {"c": {"units": [0]}}).get_layer("c")
+        >>> [tuple(w.shape) for w in layer.trainable_weights]
+        [(3, 3, 3, 3), (3,)]
+    """
+
+    kind_name = "Conv"
+
+    def call(self, inputs):
+        padding = self.padding
+        if padding == "causal":  # as Conv1D.call does
+            inputs = ops.pad(inputs, self._compute_causal_padding())
+            padding = "valid"
+
+        def convolve(x, kernel):
+            return ops.conv(
+                x,
+                kernel,
+                strides=list(self.strides),
+                padding=padding,
+                dilation_rate=self.dilation_rate,
+                data_format=self.data_format,
+            )
+
+        y = self._tables[0].apply(inputs, convolve, -1, -1)
+        return y if self.activation is None else self.activation(y)
+
+
+SplitConv1D = split_class(keras.layers.Conv1D, _SplitConv, "SplitConv1D")
+SplitConv2D = split_class(keras.layers.Conv2D, _SplitConv, "SplitConv2D")
+SplitConv3D = split_class(keras.layers.Conv3D, _SplitConv, "SplitConv3D")
+
+
+class _ConvKind(Kind):
+    name = "Conv"
+    splits = {keras.layers.Conv1D: SplitConv1D, keras.layers.Conv2D: SplitConv2D, keras.layers.Conv3D: SplitConv3D}
+
+    def plan(self, layer, rule, where):
+        """A checked `KernelPlan`: rows along the input-channel axis, units along the filter axis."""
+        kind = type(layer).__name__
+        if layer.data_format != "channels_last":
+            raise where.error(
+                rule.path,
+                f"layer {rule.layer!r} is a {kind} with data_format={layer.data_format!r}; splitnet splits "
+                "channels_last convolutions (TensorFlow on CPU runs only those)",
+            )
+        if layer.groups != 1:
+            raise where.error(
+                rule.path,
+                f"layer {rule.layer!r} is a {kind} with groups={layer.groups}; splitnet splits convolutions "
+                "with groups=1",
+            )
+        if rule.bias and not layer.use_bias:
+            raise where.error(rule.path + ("bias",), f"layer {rule.layer!r} has no bias (use_bias=False)")
+        shape = tuple(int(d) for d in layer.kernel.shape)
+        in_dim, units = shape[-2], shape[-1]
+        plan = KernelPlan(
+            in_dim=in_dim,
+            units=units,
+            use_bias=layer.use_bias,
+            frozen_units=() if rule.units is None else resolve(rule.units, units, "filters", rule.layer, where),
+            frozen_rows=() if rule.rows is None else resolve(rule.rows, in_dim, "input channels", rule.layer, where),
+            bias_frozen=bool(rule.bias and layer.use_bias),
+            shape=shape,
+            row_axis=len(shape) - 2,
+            unit_axis=len(shape) - 1,
+        )
+        self.check_common(layer, rule, where)
+        # A norm over every axis but the filters' is per filter.
+        self.check_constraints(layer, rule, plan, where, per_unit_axes=(tuple(range(len(shape) - 1)),))
+        return plan
+
+
+KIND = _ConvKind()

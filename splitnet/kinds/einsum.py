@@ -1,0 +1,234 @@
+"""EinsumDense: `units` and `rows` along chosen kernel axes (attention heads by default).
+
+An EinsumDense computes `einsum(equation, x, kernel) + bias`. Each kernel
+axis (a letter of the equation) either stays in the output, like a Dense
+column, or is summed over, like a Dense row. By default `units` index the
+first kernel axis that stays in the output and `rows` the first one that is
+summed over; `axis: LETTER` in a rule picks another. For attention
+projections these defaults are the heads:
+
+    Keras MultiHeadAttention   query/key/value "abc,cde->abde"  units: d (heads)
+                               attention_output "abcd,cde->abe" rows: c (heads)
+    keras-hub Gemma            query "btd,ndh->btnh"            units: n (heads)
+                               attention_output "btnh,nhd->btd" rows: n (heads)
+
+Bias entries go with the units they belong to; a bias without the units
+axis is shared by all units and frozen only with `bias: true` (or when every
+unit is). The `heads:` rule on a whole attention layer (`heads_rules`) is
+written in terms of these defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+from keras import ops
+
+from splitnet.kinds.pieces import KernelSplitLayer, Kind, split_class
+from splitnet.plan import KernelPlan, resolve
+from splitnet.spec import FreezeRule
+
+
+@dataclasses.dataclass(frozen=True)
+class Equation:
+    """The parts of an EinsumDense equation, e.g. "abc,cde->abde".
+
+    Example:
+        >>> eq = Equation.parse("abc,cde->abde")
+        >>> eq.unit_letters, eq.row_letters, eq.input_axis("c"), eq.output_axis("d")
+        ('de', 'c', 2, 2)
+    """
+
+    inputs: str  # letters, without "..."
+    kernel: str
+    output: str
+    inputs_left_elided: bool
+    output_left_elided: bool
+
+    @classmethod
+    def parse(cls, equation):
+        inputs, rest = equation.replace(" ", "").split(",")
+        kernel, output = rest.split("->")
+        return cls(
+            inputs.replace("...", ""),
+            kernel,
+            output.replace("...", ""),
+            inputs.startswith("..."),
+            output.startswith("..."),
+        )
+
+    @property
+    def unit_letters(self):
+        """Kernel axes that stay in the output (and are not in the input)."""
+        return "".join(c for c in self.kernel if c in self.output and c not in self.inputs)
+
+    @property
+    def row_letters(self):
+        """Kernel axes that are summed over."""
+        return "".join(c for c in self.kernel if c in self.inputs and c not in self.output)
+
+    def input_axis(self, letter):
+        i = self.inputs.index(letter)
+        return i - len(self.inputs) if self.inputs_left_elided else i
+
+    def output_axis(self, letter):
+        i = self.output.index(letter)
+        return i - len(self.output) if self.output_left_elided else i
+
+    def bias_axis(self, letter, bias_axes):
+        """The axis of `letter` in a bias over `bias_axes` (shaped as Keras shapes it), or None."""
+        if not bias_axes or letter not in bias_axes:
+            return None
+        first = min(self.output.index(c) for c in bias_axes)
+        return self.output[first:].index(letter)
+
+
+class _SplitEinsumDense(KernelSplitLayer):
+    """An EinsumDense whose chosen units and rows (by default: attention heads) are frozen, exactly.
+
+    Made by `splitnet.split_model` from a built EinsumDense, in place; see
+    `SplitDense` for how the pieces train, save and merge.
+
+    Example:
+        >>> import keras, splitnet
+        >>> inputs = keras.Input((5, 8))
+        >>> query = keras.layers.EinsumDense("abc,cde->abde", (5, 4, 2), bias_axes="de", name="q")
+        >>> model = keras.Model(inputs, query(inputs))
+        >>> layer = splitnet.split_model(model, {"q": {"units": [0, 1]}}).get_layer("q")
+        >>> [tuple(w.shape) for w in layer.trainable_weights]
+        [(8, 2, 2), (2, 2)]
+    """
+
+    kind_name = "EinsumDense"
+
+    def _init_split(self, plan, key=None):
+        super()._init_split(plan, key)
+        eq = Equation.parse(self.equation)
+        self._in_axis = eq.input_axis(eq.kernel[plan.row_axis])
+        self._out_axis = eq.output_axis(eq.kernel[plan.unit_axis])
+
+    def call(self, inputs, training=None):
+        def product(x, kernel):
+            return ops.einsum(self.equation, x, kernel)
+
+        y = self._tables[0].apply(inputs, product, self._in_axis, self._out_axis)
+        return y if self.activation is None else self.activation(y)
+
+
+SplitEinsumDense = split_class(keras.layers.EinsumDense, _SplitEinsumDense, "SplitEinsumDense")
+
+
+class _EinsumKind(Kind):
+    name = "EinsumDense"
+    splits = {keras.layers.EinsumDense: SplitEinsumDense}
+
+    def letters(self, layer, rule, where):
+        """(units letter, rows letter) for a rule: the defaults, or `axis: LETTER` for one of them."""
+        eq = Equation.parse(layer.equation)
+        units = eq.unit_letters[:1] or None
+        rows = eq.row_letters[:1] or None
+        if rule.axis is not None:
+            letter, path = rule.axis, rule.path + ("axis",)
+            said = f"axis {letter!r}"
+            if letter not in eq.kernel:
+                raise where.error(path, f"{said} is not a kernel axis of {layer.equation!r} (kernel {eq.kernel!r})")
+            if letter in eq.unit_letters:
+                if rule.units is None:
+                    raise where.error(path, f"{said} stays in the output of {layer.equation!r}, so it names units; give units")
+                units = letter
+            elif letter in eq.row_letters:
+                if rule.rows is None:
+                    raise where.error(path, f"{said} is summed over in {layer.equation!r}, so it names rows; give rows")
+                rows = letter
+            else:
+                raise where.error(path, f"{said} is in the input and the output of {layer.equation!r}; it cannot be split")
+        if units is None or rows is None:
+            missing = "stays in the output" if units is None else "is summed over"
+            raise where.error(rule.path, f"layer {rule.layer!r}: no kernel axis of {layer.equation!r} {missing}")
+        return units, rows
+
+    def plan(self, layer, rule, where):
+        """A checked `KernelPlan` along the rule's units and rows letters."""
+        if rule.bias and layer.bias is None:
+            raise where.error(rule.path + ("bias",), f"layer {rule.layer!r} has no bias (bias_axes=None)")
+        units, rows = self.letters(layer, rule, where)
+        eq = Equation.parse(layer.equation)
+        shape = tuple(int(d) for d in layer.kernel.shape)
+        row_axis, unit_axis = eq.kernel.index(rows), eq.kernel.index(units)
+        use_bias = layer.bias is not None
+        plan = KernelPlan(
+            in_dim=shape[row_axis],
+            units=shape[unit_axis],
+            use_bias=use_bias,
+            frozen_units=()
+            if rule.units is None
+            else resolve(rule.units, shape[unit_axis], f"units (axis {units!r})", rule.layer, where),
+            frozen_rows=()
+            if rule.rows is None
+            else resolve(rule.rows, shape[row_axis], f"rows (axis {rows!r})", rule.layer, where),
+            bias_frozen=bool(rule.bias and use_bias),
+            shape=shape,
+            row_axis=row_axis,
+            unit_axis=unit_axis,
+            bias_shape=tuple(int(d) for d in layer.bias.shape) if use_bias else None,
+            bias_axis=eq.bias_axis(units, layer.bias_axes) if use_bias else 0,
+        )
+        self.check_common(layer, rule, where)
+        self.check_constraints(layer, rule, plan, where, per_unit_axes=())
+        return plan
+
+
+KIND = _EinsumKind()
+
+# The four projections of an attention layer, and which word selects heads in each.
+PROJECTIONS = (("query", "units"), ("key", "units"), ("value", "units"), ("attention_output", "rows"))
+
+
+def heads_rules(layer, rule, where, find):
+    """Expand `heads:` on an attention layer into a rule per projection.
+
+    `units: HEADS` on query, key and value, `rows: HEADS` on
+    attention_output: the same heads frozen in all four, in Keras'
+    `MultiHeadAttention` (and keras-hub's layers built like it) or any layer
+    whose sub-layers `query`, `key`, `value` and `attention_output` are
+    EinsumDense layers with the heads as their default axes.
+
+    Args:
+        layer: The attention layer.
+        rule: The `FreezeRule` with `heads`.
+        where: `spec.Where`.
+        find: `find(path)` -> the layer at that path, or None.
+    """
+    rules, counts = [], {}
+    for name, word in PROJECTIONS:
+        key = f"{rule.layer}/{name}"
+        projection = find(key)
+        if type(projection) is not keras.layers.EinsumDense:
+            raise where.error(
+                rule.path + ("heads",),
+                f"layer {rule.layer!r} ({type(layer).__name__}) has no EinsumDense {name!r}; heads: applies to "
+                "attention layers with query, key, value and attention_output projections",
+            )
+        eq = Equation.parse(projection.equation)
+        letters = eq.unit_letters if word == "units" else eq.row_letters
+        counts[name] = int(projection.kernel.shape[eq.kernel.index(letters[0])])
+        rules.append(
+            FreezeRule(
+                layer=key,
+                units=rule.heads if word == "units" else None,
+                rows=rule.heads if word == "rows" else None,
+                bias=False,
+                path=rule.path + ("heads",),
+                axis=None,
+                heads=None,
+            )
+        )
+    if len(set(counts.values())) != 1:
+        shown = ", ".join(f"{name} {count}" for name, count in counts.items())
+        raise where.error(
+            rule.path + ("heads",),
+            f"layer {rule.layer!r} has different head counts ({shown}), e.g. grouped-query attention; "
+            "freeze its projections one by one",
+        )
+    return rules

@@ -1,0 +1,234 @@
+"""Embedding and ReversibleEmbedding: `rows` are token ids, `units` embedding dimensions.
+
+The table has shape (vocabulary, dimensions): `rows` select `table[i, :]`
+(the "new tokens train, the old vocabulary stays" case), `units` select
+`table[:, j]`. A lookup is not a sum over rows, so the row pieces are joined
+by selecting, per token id, the piece that holds its row; the dimension
+blocks are joined in the original order.
+
+A tied ReversibleEmbedding (`reverse=True`, the language model's output
+layer) computes `x @ table.T` with the same pieces: there the token rows are
+output units and the dimensions are summed over, so the frozen tokens'
+logits come from frozen pieces and only the trainable rows get a weight
+gradient. An untied one's `reverse_embeddings` (dimensions x vocabulary) is
+split the same way: the rule's token ids are its frozen columns and the
+rule's dimensions its frozen rows.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import keras
+import numpy as np
+from keras import ops
+
+from splitnet import compat
+from splitnet.kinds.pieces import PER_UNIT_CONSTRAINTS, Kind, Pieces, SplitLayer, _slices, split_class, take
+from splitnet.plan import KernelPlan, resolve, runs
+
+
+class _SplitEmbedding(SplitLayer):
+    """An Embedding whose chosen token rows and dimensions are frozen, exactly.
+
+    Made by `splitnet.split_model` from a built Embedding, in place; see
+    `SplitDense` for how the pieces train, save and merge. `mask_zero` and
+    every other argument keep their meaning.
+
+    Example:
+        >>> import keras, splitnet
+        >>> inputs = keras.Input((3,), dtype="int32")
+        >>> model = keras.Model(inputs, keras.layers.Embedding(10, 4, name="e")(inputs))
+        >>> layer = splitnet.split_model(model, {"e": {"rows": "0:8"}}).get_layer("e")
+        >>> [tuple(w.shape) for w in layer.trainable_weights]
+        [(2, 4)]
+    """
+
+    kind_name = "Embedding"
+    weight_names = ("embeddings",)
+
+    def _init_split(self, plan, key=None):
+        super()._init_split(plan, key)
+        # Per token id: is it in the first row block, and its position in its block.
+        blocks = plan.row_blocks
+        self._in_first = np.zeros((plan.in_dim,), dtype=bool)
+        self._local = np.zeros((2, plan.in_dim), dtype="int32")
+        for k, rows in enumerate(blocks):
+            self._local[k, list(rows)] = np.arange(len(rows), dtype="int32")
+        if blocks:
+            self._in_first[list(blocks[0])] = True
+
+    def _variable_attributes(self):
+        return ("_embeddings",)
+
+    def _add_split_variables(self):
+        self._tables[0].add_variables(self, self.embeddings_regularizer, self.embeddings_constraint)
+
+    @property
+    def embeddings(self):
+        """The whole table, assembled from the pieces (for code that reads it)."""
+        if "_embeddings" in self.__dict__:  # the plain build's, until `build` replaces it
+            return self.__dict__["_embeddings"]
+        return self._tables[0].kernel()
+
+    def _lookup(self, inputs):
+        if inputs.dtype not in ("int32", "int64"):
+            inputs = ops.cast(inputs, "int32")
+        table = self._tables[0]
+        blocks = []
+        for block in range(len(table.plan.blocks)):
+            parts = sorted((rows, values[0]) for piece, values, rows in table.each() if piece.block == block)
+            if parts[0][0] is None:  # one piece holds every token's row
+                blocks.append(ops.take(parts[0][1], inputs, axis=0))
+                continue
+            # Two pieces, each some tokens' rows: look each token up in its own.
+            (_, first), (_, second) = parts
+            chosen = ops.expand_dims(ops.take(self._in_first, inputs, axis=0), -1)
+            from_first = ops.take(first, ops.take(self._local[0], inputs, axis=0), axis=0)
+            from_second = ops.take(second, ops.take(self._local[1], inputs, axis=0), axis=0)
+            blocks.append(ops.where(chosen, from_first, from_second))
+        return ops.cast(table.columns(blocks, -1), self.compute_dtype)
+
+    def call(self, inputs):
+        return self._lookup(inputs)
+
+
+class _SplitReversibleEmbedding(_SplitEmbedding):
+    """A ReversibleEmbedding (tied or not) whose chosen token rows and dimensions are frozen, exactly.
+
+    `reverse=True` uses the same split table (tied) or the split
+    `reverse_embeddings` (untied): a frozen token's logit weights are frozen.
+
+    Example:
+        >>> import keras, splitnet
+        >>> inputs = keras.Input((3,), dtype="int32")
+        >>> embed = keras.layers.ReversibleEmbedding(10, 4, name="e")
+        >>> model = keras.Model(inputs, embed(embed(inputs), reverse=True))
+        >>> layer = splitnet.split_model(model, {"e": {"rows": "0:8"}}).get_layer("e")
+        >>> [tuple(w.shape) for w in layer.trainable_weights]
+        [(2, 4)]
+    """
+
+    kind_name = "Embedding"
+
+    @property
+    def weight_names(self):
+        return ("embeddings",) if self.tie_weights else ("embeddings", "reverse_embeddings")
+
+    def _make_pieces(self, plan):
+        tables = [Pieces(plan, "embeddings")]
+        if not self.tie_weights:
+            tables.append(Pieces(plan.transposed(), "reverse_embeddings"))
+        return tables
+
+    def _variable_attributes(self):
+        return ("_embeddings",) if self.tie_weights else ("_embeddings", "reverse_embeddings")
+
+    def _add_split_variables(self):
+        super()._add_split_variables()
+        if not self.tie_weights:
+            self._tables[1].add_variables(self)
+
+    @property
+    def reverse_embeddings(self):
+        """The untied reverse kernel, assembled from its pieces."""
+        if "reverse_embeddings" in self.__dict__ or not self._tables[1].variables:  # in the plain build
+            return self.__dict__.get("reverse_embeddings")
+        return self._tables[1].kernel()
+
+    @reverse_embeddings.setter
+    def reverse_embeddings(self, value):
+        # Only the plain layer's `build` sets it; `build` then drops it.
+        self.__dict__["reverse_embeddings"] = value
+
+    def call(self, inputs, reverse=False):
+        if not reverse:
+            result = self._lookup(inputs)
+            mask = keras.layers.Embedding.compute_mask(self, inputs)  # as ReversibleEmbedding.call
+            if mask is not None:
+                compat.set_keras_mask(result, mask)
+            return result
+        dtype = self.reverse_dtype
+
+        def product(x, kernel):
+            if dtype is not None:
+                x, kernel = ops.cast(x, dtype), ops.cast(kernel, dtype)
+            return ops.matmul(x, kernel)
+
+        if self.tie_weights:
+            logits = self._tied_logits(inputs, product)
+        else:
+            logits = self._tables[1].apply(inputs, product, -1, -1)
+        if self.logit_soft_cap is not None:
+            cap = self.logit_soft_cap
+            logits = ops.multiply(ops.tanh(ops.divide(logits, cap)), cap)
+        return logits
+
+    def _tied_logits(self, inputs, product):
+        """`inputs @ table.T` from the table's pieces: token rows are the outputs here."""
+        table = self._tables[0]
+        plan = table.plan
+        views = [inputs if len(cols) == plan.units else _columns(inputs, cols) for cols in plan.blocks]
+        whole, parts = None, [None] * len(plan.row_blocks)
+        for piece, values, rows in table.each():
+            y = product(views[piece.block], ops.transpose(values[0]))
+            if rows is None:
+                whole = y if whole is None else ops.add(whole, y)
+            else:
+                parts[rows] = y if parts[rows] is None else ops.add(parts[rows], y)
+        if not plan.row_blocks:
+            return whole
+        joined = table.rows(parts, -1)
+        return joined if whole is None else ops.add(joined, whole)
+
+
+def _columns(x, cols):
+    r = runs(cols)
+    return _slices(x, r, -1) if len(r) <= 16 else take(x, np.asarray(cols, dtype="int32"), -1)
+
+
+SplitEmbedding = split_class(keras.layers.Embedding, _SplitEmbedding, "SplitEmbedding")
+SplitReversibleEmbedding = split_class(keras.layers.ReversibleEmbedding, _SplitReversibleEmbedding, "SplitReversibleEmbedding")
+
+
+class _EmbeddingKind(Kind):
+    name = "Embedding"
+
+    @property
+    def splits(self):
+        splits = {keras.layers.Embedding: SplitEmbedding, keras.layers.ReversibleEmbedding: SplitReversibleEmbedding}
+        # keras-hub's ReversibleEmbedding is Keras' under another name; if a model
+        # has one, keras-hub is loaded (splitnet does not import it).
+        hub = sys.modules.get("keras_hub")
+        twin = getattr(getattr(hub, "layers", None), "ReversibleEmbedding", None)
+        if twin is not None:
+            splits[twin] = SplitReversibleEmbedding
+        return splits
+
+    def plan(self, layer, rule, where):
+        """A checked `KernelPlan`: rows are token ids, units embedding dimensions."""
+        if rule.bias:
+            raise where.error(rule.path + ("bias",), f"layer {rule.layer!r} is an embedding; it has no bias")
+        vocabulary, dimensions = int(layer.input_dim), int(layer.output_dim)
+        plan = KernelPlan(
+            in_dim=vocabulary,
+            units=dimensions,
+            use_bias=False,
+            frozen_units=() if rule.units is None else resolve(rule.units, dimensions, "dimensions", rule.layer, where),
+            frozen_rows=() if rule.rows is None else resolve(rule.rows, vocabulary, "token ids", rule.layer, where),
+            bias_frozen=False,
+        )
+        self.check_common(layer, rule, where, regularized=("embeddings",))
+        constraint = layer.embeddings_constraint
+        if constraint is not None and not plan.fully_frozen and not isinstance(constraint, keras.constraints.NonNeg):
+            per_row = isinstance(constraint, PER_UNIT_CONSTRAINTS) and constraint.axis in (1, -1)
+            if not per_row or len(plan.blocks) > 1:
+                raise where.error(
+                    rule.path,
+                    f"layer {rule.layer!r} has an embeddings_constraint ({type(constraint).__name__}) that "
+                    "would change meaning when the table is split",
+                )
+        return plan
+
+
+KIND = _EmbeddingKind()
