@@ -77,7 +77,7 @@ class _Group(click.Group):
 @click.group(name="splitnet", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="splitnet")
 def main():
-    """Freeze chosen units or input rows of Keras Dense layers, exactly.
+    """Freeze chosen units or input rows of Keras layers (Dense, Conv, EinsumDense, Embedding), exactly.
 
     \b
     Example:
@@ -230,7 +230,7 @@ def export(input_path, output, force):
 @click.option("--plot", type=click.Path(dir_okay=False), help="Draw each frozen kernel's map into a PNG (needs matplotlib).")
 @_force
 def inspect(input_path, as_json, plot, force):
-    """Show per Dense layer (with its path) what is frozen, counts and the optimizer state saved.
+    """Show per splittable layer (with its path) what is frozen, counts and the optimizer state saved.
 
     \b
     Example:

@@ -26,7 +26,7 @@ import yaml
 from splitnet.errors import SpecError
 
 _TOP_KEYS = ("model", "base", "freeze", "train")
-_MODEL_KEYS = ("name", "input_shape", "layers")
+_MODEL_KEYS = ("name", "input_shape", "input_dtype", "layers")
 _FREEZE_KEYS = ("units", "rows", "bias", "axis", "heads")
 _TRAIN_KEYS = ("data", "loss", "optimizer", "metrics", "epochs", "batch_size", "seed")
 # Layers a spec may not name: Lambda runs arbitrary code, the others are not
@@ -136,6 +136,7 @@ class ModelSpec:
     name: str
     input_shape: tuple
     layers: tuple
+    input_dtype: str = "float32"  # "int32" for token ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,7 +400,7 @@ def _accepted_args(cls):
 
 def _parse_model(value, where):
     path = ("model",)
-    _check_mapping(value, path, where, _MODEL_KEYS, "name/input_shape/layers")
+    _check_mapping(value, path, where, _MODEL_KEYS, "name/input_shape/input_dtype/layers")
     name = value.get("name", "model")
     if not isinstance(name, str) or not name:
         raise where.error(path + ("name",), f"expected a non-empty string, got {name!r}")
@@ -412,6 +413,9 @@ def _parse_model(value, where):
         if dim is None and i < len(shape) - 1:
             continue  # variable length, e.g. time steps
         _positive_int(dim, path + ("input_shape", i), where, "a positive integer (null allowed except last)")
+    dtype = value.get("input_dtype", "float32")
+    if dtype not in ("float32", "int32"):
+        raise where.error(path + ("input_dtype",), f"expected float32 or int32 (token ids), got {dtype!r}")
     layers = value.get("layers")
     if not isinstance(layers, list) or not layers:
         raise where.error(path + ("layers",), f"expected a non-empty list of layers, got {_type_name(layers)}")
@@ -444,7 +448,7 @@ def _parse_model(value, where):
                 raise where.error(sub + ("name",), f"duplicate layer name {args['name']!r} (also layers[{names[args['name']]}])")
             names[args["name"]] = i
         parsed.append(LayerSpec(kind, args, sub))
-    return ModelSpec(name, tuple(shape), tuple(parsed))
+    return ModelSpec(name, tuple(shape), tuple(parsed), dtype)
 
 
 def first_line(exc):

@@ -177,10 +177,12 @@ def _auto_names(layer_specs):
 
 
 def _build_stack(model_spec):
-    inputs = keras.Input(shape=model_spec.input_shape, name="input")
+    inputs = keras.Input(shape=model_spec.input_shape, name="input", dtype=model_spec.input_dtype)
     x = inputs
     for layer, name in zip(model_spec.layers, _auto_names(model_spec.layers)):
-        x = getattr(keras.layers, layer.type)(**{**layer.args, "name": name})(x)
+        made = getattr(keras.layers, layer.type)(**{**layer.args, "name": name})
+        # In a stack, an attention layer attends to its own input.
+        x = made(x, x) if isinstance(made, keras.layers.MultiHeadAttention) else made(x)
     return keras.Model(inputs, x, name=model_spec.name)
 
 

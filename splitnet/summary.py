@@ -99,7 +99,12 @@ def format_table(info):
 
 
 def plot_masks(model, path):
-    """Draw each split layer's kernel as a frozen (dark) / trainable (light) map into a PNG."""
+    """Draw each split layer's kernel as a frozen (dark) / trainable (light) map into a PNG.
+
+    The map is rows x units (for a Conv: input channels x filters; for an
+    Embedding: token ids x dimensions); a kernel's other axes are averaged,
+    so a grey cell is partly frozen.
+    """
     try:
         import matplotlib
 
@@ -111,12 +116,15 @@ def plot_masks(model, path):
     if not masks:
         raise ValueError(f"model {model.name!r} has no frozen entries to plot")
     fig, axes = plt.subplots(1, len(masks), figsize=(4 * len(masks), 4), squeeze=False)
+    layers = dict(tree.walk(model))
     for ax, (key, mask) in zip(axes[0], masks.items()):
-        ax.imshow(mask["kernel"], cmap="Greys", vmin=0, vmax=1.6, aspect="auto", interpolation="nearest")
-        frozen = int(mask["kernel"].sum() + mask["bias"].sum())
-        ax.set_title(f"{key}: {frozen:,} of {mask['kernel'].size + mask['bias'].size:,} entries frozen")
-        ax.set_xlabel("output unit")
-        ax.set_ylabel("input row")
+        layer = layers[key]
+        picture = kinds.any_kind_of(layer).picture(layer, mask)
+        ax.imshow(picture, cmap="Greys", vmin=0, vmax=1.6, aspect="auto", interpolation="nearest")
+        frozen = int(sum(m.sum() for m in mask.values()))
+        ax.set_title(f"{key}: {frozen:,} of {sum(m.size for m in mask.values()):,} entries frozen")
+        ax.set_xlabel("unit")
+        ax.set_ylabel("row")
     fig.suptitle("kernel: dark = frozen, light = trainable", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

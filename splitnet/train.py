@@ -126,7 +126,9 @@ def _structure(model, arrays):
 def synthetic_data(model, loss=None, n=2048, seed=0):
     """A deterministic, learnable task shaped to the model: inputs and a linear teacher.
 
-    Inputs are standard normal. Targets come from a fixed random linear map
+    Inputs are standard normal; integer inputs (token ids) are uniform below
+    the smallest vocabulary of the model's embeddings, and stand for a fixed
+    random vector per id. Targets come from a fixed random linear map
     of the inputs (per position when input and output share their middle
     axes, e.g. (batch, steps, features) -> (batch, steps, classes); else of
     the flattened inputs): class labels for a classification loss,
@@ -156,19 +158,24 @@ def synthetic_data(model, loss=None, n=2048, seed=0):
     out_shape = tuple(model.outputs[0].shape[1:]) if len(model.outputs) == 1 else None
     if out_shape is None or any(d is None for d in out_shape):
         raise DataError("the synthetic task needs a model with one output of known shape; give train.data")
-    inputs = []
+    inputs, views = [], []
     for shape, dtype in _input_specs(model):
         shape = tuple(8 if d is None else d for d in shape)  # variable length: 8 steps
         if "int" in str(dtype):
-            raise DataError("the synthetic task needs float inputs; give train.data for integer inputs")
-        inputs.append(rng.normal(size=(n,) + shape).astype("float32"))
+            vocabulary = _vocabulary(model)
+            ids = rng.integers(0, vocabulary, size=(n,) + shape).astype(str(dtype))
+            inputs.append(ids)
+            views.append(rng.normal(size=(vocabulary, 8))[ids])  # a vector per id
+        else:
+            inputs.append(rng.normal(size=(n,) + shape).astype("float32"))
+            views.append(inputs[-1])
     middle = out_shape[:-1]
-    if len(inputs) == 1 and inputs[0].shape[1:-1] == middle:
-        features = inputs[0]  # per position
+    if len(views) == 1 and views[0].shape[1:-1] == middle:
+        features = views[0]  # per position
     else:
         if middle:
             raise DataError(f"the synthetic task cannot make targets of shape {out_shape}; give train.data")
-        features = np.concatenate([x.reshape(n, -1) for x in inputs], axis=-1)
+        features = np.concatenate([x.reshape(n, -1) for x in views], axis=-1)
     width = out_shape[-1]
     kind = _CLASSIFICATION_LOSSES.get(loss)
     teacher = rng.normal(size=(features.shape[-1], width)) / math.sqrt(features.shape[-1])
@@ -185,6 +192,16 @@ def synthetic_data(model, loss=None, n=2048, seed=0):
     x_train = _structure(model, [x[:split] for x in inputs])
     x_val = _structure(model, [x[split:] for x in inputs])
     return Data(x_train, y[:split], x_val, y[split:], source=f"the synthetic task (seed {seed})")
+
+
+def _vocabulary(model):
+    """The smallest vocabulary among the model's embeddings: ids below it fit every one."""
+    from splitnet import tree
+
+    sizes = [int(layer.input_dim) for _, layer in tree.walk(model) if isinstance(layer, keras.layers.Embedding)]
+    if not sizes:
+        raise DataError("the synthetic task makes integer inputs only for models with an Embedding; give train.data")
+    return min(sizes)
 
 
 def load_data(path, model):

@@ -5,7 +5,8 @@ layer's pieces are merged first), so a split model can be compared with its
 merged copy. Two kinds of entries are counted:
 
 * frozen: the entries of splittable layers that do not train (a split
-  layer's frozen pieces, a Dense with `trainable = False`). These must be
+  layer's frozen pieces, a Dense, Conv, EinsumDense or Embedding with
+  `trainable = False`). These must be
   bit-identical; that is what splitnet promises.
 * trainable: every entry `fit` trains, in any layer (a split layer's
   trainable pieces, every other trainable weight). Reported as moved or not.
@@ -23,8 +24,6 @@ import numpy as np
 
 from splitnet import kinds, tree
 from splitnet.errors import InputError
-
-_PLAIN_NAMES = ("kernel", "bias")
 
 
 @dataclasses.dataclass
@@ -79,7 +78,7 @@ def snapshot(model):
         if kind is not None and layer.built:
             values = kind.merged_weights(layer)
             masks = kind.masks(layer, trainable) or {}
-            names = list(_PLAIN_NAMES[: len(values)])
+            names = list(kind.weight_names_of(layer))
             frozen = [_mask(masks.get(name), value.shape) for name, value in zip(names, values)]
             out.append(LayerWeights(key, names, values, frozen, [~f for f in frozen]))
             continue

@@ -230,7 +230,23 @@ def layer_table(model):
     Configs are compared as JSON, as Keras saves them (a shape saved as a
     tuple comes back a list).
     """
-    return [(key, type(layer).__name__, json.loads(json.dumps(layer.get_config()))) for key, layer in tree.walk(model)]
+    return [(key, type(layer).__name__, config_of(layer)) for key, layer in tree.walk(model)]
+
+
+def config_of(layer):
+    try:
+        return json.loads(json.dumps(layer.get_config()))
+    except NotImplementedError:
+        # keras-hub's Gemma RMSNormalization, rebuilt from its config (by
+        # Keras' loading as by a copy), cannot give its config again.
+        return None
+
+
+def same_layers(a, b):
+    """Same paths and classes, and the same configs wherever both can give one."""
+    return len(a) == len(b) and all(
+        x[:2] == y[:2] and (x[2] is None or y[2] is None or x[2] == y[2]) for x, y in zip(a, b)
+    )
 
 
 @pytest.fixture(scope="module", params=list(ZOO), ids=list(ZOO))
@@ -256,7 +272,8 @@ def trained(request, tmp_path_factory):
 def test_frozen_entries_stay_bit_identical_and_the_rest_trains(trained):
     _, model, freeze, before, split, _, _, _ = trained
     masks = splitnet.frozen_masks(split)
-    assert set(freeze) <= set(masks)
+    named = {f"{key}/query" if "heads" in rule else key for key, rule in freeze.items()}  # heads: on the projections
+    assert named <= set(masks)
     after = splitnet.merged_weights(split)
     for key in masks:
         for (name, mask), old, new in zip(masks[key].items(), before[key], after[key]):
@@ -283,7 +300,7 @@ def test_merge_gives_the_original_architecture(trained):
     _, model, _, _, split, x, _, _ = trained
     merged = splitnet.merge_model(split)
     assert type(merged) is type(model)
-    assert layer_table(merged) == layer_table(model)
+    assert same_layers(layer_table(merged), layer_table(model))
     assert input_names(merged) == input_names(model)
     assert not any(splitnet.kinds.split_kind_of(layer) for _, layer in tree.walk(merged))
     assert_close(predict(merged, x), predict(split, x), rtol=1e-5, atol=1e-6)
