@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import splitnet  # noqa: E402
+from splitnet import tree  # noqa: E402
 
 # (name, width, depth, batch, frozen fraction, how the frozen set is chosen)
 SCENARIOS = [
@@ -83,7 +84,11 @@ def optimizer_bytes(opt):
     return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in opt.variables if len(v.shape))
 
 
-def train_step(model, opt, masks=None):
+def mse(prediction, y):
+    return tf.reduce_mean(tf.square(prediction - y))
+
+
+def train_step(model, opt, masks=None, loss_fn=mse):
     """One compiled step; with `masks`, gradients are multiplied by (1 - frozen)."""
     variables = model.trainable_variables
     opt.build(variables)
@@ -94,7 +99,7 @@ def train_step(model, opt, masks=None):
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
+            loss = loss_fn(model(x, training=True), y)
         grads = tape.gradient(loss, variables)
         if keep is not None:
             grads = [g * k for g, k in zip(grads, keep)]
@@ -105,14 +110,23 @@ def train_step(model, opt, masks=None):
 
 
 def mask_list(model, masks):
-    """Frozen masks aligned with `model.trainable_variables` (kernel, bias per Dense)."""
-    out = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Dense):
-            m = masks.get(layer.name)
-            out.append(m["kernel"] if m else np.zeros(layer.kernel.shape, bool))
-            out.append(m["bias"] if m else np.zeros(layer.bias.shape, bool))
-    return out
+    """Frozen masks (from the split model) aligned with the plain `model.trainable_variables`."""
+    by_id = {}
+    for key, layer in tree.walk(model):
+        for weight in layer.weights if key in masks else ():
+            if weight.name in masks[key]:
+                by_id[id(weight)] = masks[key][weight.name]
+    return [by_id.get(id(v), np.zeros(v.shape, bool)) for v in model.trainable_variables]
+
+
+def drift(model, before, masks):
+    """How many frozen entries (by `masks`) differ from `before` in `model`."""
+    after = splitnet.merged_weights(model)
+    return sum(
+        int((new != old)[mask].sum())
+        for key, layer_masks in masks.items()
+        for mask, old, new in zip(layer_masks.values(), before[key], after[key])
+    )
 
 
 def time_steps(scenario, rounds, steps):
@@ -150,14 +164,8 @@ def time_steps(scenario, rounds, steps):
 
     # Did the mask recipe keep its frozen entries? (Not under weight decay.)
     before = splitnet.merged_weights(base)
-    def drift(weights):
-        return sum(
-            int((weights[k][0] != before[k][0])[m["kernel"]].sum()) + int((weights[k][1] != before[k][1])[m["bias"]].sum())
-            for k, m in masks.items()
-        )
-
-    mask_drift, split_drift = drift(splitnet.merged_weights(masked)), drift(splitnet.merged_weights(split))
-    frozen = sum(int(m["kernel"].sum() + m["bias"].sum()) for m in masks.values())
+    mask_drift, split_drift = drift(masked, before, masks), drift(split, before, masks)
+    frozen = sum(int(m.sum()) for layer_masks in masks.values() for m in layer_masks.values())
     return {
         "scenario": name,
         "width": width,
@@ -173,6 +181,168 @@ def time_steps(scenario, rounds, steps):
         "mask_frozen_changed": mask_drift,
         "split_frozen_changed": split_drift,
     }
+
+
+# -- the layer kinds -------------------------------------------------------------------
+#
+# Each case builds the unsplit model, the freeze rules, data and the loss; it
+# is timed as the Dense stacks are (unsplit, gradient mask, split), plus, for
+# the embedding, PEFT's trainable-tokens recipe, and the merged model's
+# forward pass against the unsplit one's.
+
+
+class CopyRowsEmbedding(keras.layers.Layer):
+    """PEFT's trainable-tokens recipe: a frozen full table, the trainable rows apart,
+    copied into the table on every step before the lookup."""
+
+    def __init__(self, table, rows, **kwargs):
+        super().__init__(**kwargs)
+        self.rows = tf.constant(np.asarray(rows, dtype="int32")[:, None])
+        self.table = self.add_weight(shape=table.shape, initializer="zeros", trainable=False, name="table")
+        self.table.assign(table)
+        self.delta = self.add_weight(shape=(len(rows), table.shape[1]), initializer="zeros", name="delta")
+        self.delta.assign(table[np.asarray(rows)])
+
+    def call(self, ids):
+        return tf.gather(tf.tensor_scatter_nd_update(self.table, self.rows, self.delta), ids)
+
+
+def embedding_case(vocab, dim, batch, seq, trainable):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((seq,), dtype="int32")
+    base = keras.Model(inputs, keras.layers.Embedding(vocab, dim, name="tokens")(inputs))
+    new = vocab - max(1, int(round(trainable * vocab)))  # the new tokens are the last ones
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.integers(0, vocab, size=(batch, seq)).astype("int32"))
+    y = tf.constant(rng.normal(size=(batch, seq, dim)).astype("float32"))
+    peft = keras.Sequential([keras.Input((seq,), dtype="int32"), CopyRowsEmbedding(base.get_layer("tokens").get_weights()[0], range(new, vocab))])
+    return base, {"tokens": {"rows": f":{new}"}}, x, y, mse, {"peft": peft}
+
+
+def tied_head_case(vocab, dim, batch, seq, trainable):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((seq,), dtype="int32")
+    embed = keras.layers.ReversibleEmbedding(vocab, dim, name="tokens")
+    hidden = keras.layers.Dense(dim, activation="gelu", name="mix")(embed(inputs))
+    base = keras.Model(inputs, embed(hidden, reverse=True))
+    new = vocab - max(1, int(round(trainable * vocab)))
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.integers(0, vocab, size=(batch, seq)).astype("int32"))
+    y = tf.constant(rng.integers(0, vocab, size=(batch, seq)).astype("int32"))
+
+    def loss(logits, labels):
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+
+    return base, {"tokens": {"rows": f":{new}"}}, x, y, loss, {}
+
+
+def conv_case(channels, size, batch, frozen):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, channels))
+    h = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name="conv_0")(inputs)
+    h = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name="conv_1")(h)
+    base = keras.Model(inputs, h)
+    rng = np.random.default_rng(0)
+    count = int(round(frozen * channels))
+    freeze = {f"conv_{i}": {"units": sorted(int(j) for j in rng.choice(channels, count, replace=False))} for i in range(2)}
+    x = tf.constant(rng.normal(size=(batch, size, size, channels)).astype("float32"))
+    y = tf.constant(rng.normal(size=(batch, size, size, channels)).astype("float32"))
+    return base, freeze, x, y, mse, {}
+
+
+def attention_case(heads, dim, seq, batch, frozen):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((seq, dim))
+    base = keras.Model(inputs, keras.layers.MultiHeadAttention(heads, dim // heads, name="attn")(inputs, inputs))
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(batch, seq, dim)).astype("float32"))
+    y = tf.constant(rng.normal(size=(batch, seq, dim)).astype("float32"))
+    return base, {"attn": {"heads": f":{int(round(frozen * heads))}"}}, x, y, mse, {}
+
+
+# (name, case, steps per round: fewer for the slow ones)
+KIND_SCENARIOS = [
+    ("Embedding 32,000 x 256, batch 64 x 128, 1% rows trainable", lambda: embedding_case(32000, 256, 64, 128, 0.01), 5),
+    ("Tied ReversibleEmbedding head, vocab 32,000, hidden 256, batch 8 x 128, 1% rows trainable",
+     lambda: tied_head_case(32000, 256, 8, 128, 0.01), 2),
+    ("Conv2D x2, 3x3, 128 -> 128, 32x32, batch 32, 50% random filters frozen", lambda: conv_case(128, 32, 32, 0.5), 1),
+    ("Conv2D x2, 3x3, 128 -> 128, 32x32, batch 32, 90% random filters frozen", lambda: conv_case(128, 32, 32, 0.9), 1),
+    ("MultiHeadAttention 8 heads, d 512, seq 128, batch 16, 50% heads frozen", lambda: attention_case(8, 512, 128, 16, 0.5), 2),
+]
+QUICK_KINDS = [
+    ("Embedding 500 x 8, 1% rows", lambda: embedding_case(500, 8, 4, 6, 0.01), 1),
+    ("Tied ReversibleEmbedding 500 x 8, 1% rows", lambda: tied_head_case(500, 8, 2, 6, 0.01), 1),
+    ("Conv2D x2 8 -> 8, 50% filters", lambda: conv_case(8, 6, 2, 0.5), 1),
+    ("MultiHeadAttention 4 heads, 50% heads", lambda: attention_case(4, 16, 5, 2, 0.5), 1),
+]
+
+
+def timed(functions, rounds, steps, *args):
+    """Median seconds per call of each function, interleaved over rounds after a warm-up."""
+    for fn in functions.values():
+        for _ in range(2):
+            np.asarray(fn(*args))
+    times = {key: [] for key in functions}
+    for _ in range(rounds):
+        for key, fn in functions.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                out = fn(*args)
+            np.asarray(out)
+            times[key].append((time.perf_counter() - start) / steps)
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def time_kind(scenario, rounds):
+    name, case, steps = scenario
+    base, freeze, x, y, loss_fn, extra = case()
+    split = splitnet.split_model(base, freeze)
+    masks = splitnet.frozen_masks(split)
+    before = splitnet.merged_weights(base)
+    unsplit = keras.models.clone_model(base)
+    unsplit.set_weights(base.get_weights())
+    masked = keras.models.clone_model(base)
+    masked.set_weights(base.get_weights())
+    models = {"unsplit": unsplit, "mask": masked, "split": split, **extra}
+    opts = {key: optimizer() for key in models}
+    steps_fns = {
+        key: train_step(model, opts[key], mask_list(masked, masks) if key == "mask" else None, loss_fn)
+        for key, model in models.items()
+    }
+    medians = timed(steps_fns, rounds, steps, x, y)
+    merged = splitnet.merge_model(split)
+    forward = {key: tf.function(lambda t, m=m: m(t, training=False)) for key, m in (("unsplit", unsplit), ("merged", merged))}
+    predict = timed(forward, rounds, steps, x)
+    frozen = sum(int(m.sum()) for layer_masks in masks.values() for m in layer_masks.values())
+    return {
+        "scenario": name,
+        "frozen_entries": frozen,
+        "params": int(base.count_params()),
+        "step_ms": {key: 1e3 * value for key, value in medians.items()},
+        "over_unsplit": {key: medians[key] / medians["unsplit"] for key in medians},
+        "optimizer_bytes": {key: optimizer_bytes(opt) for key, opt in opts.items()},
+        "mask_frozen_changed": drift(masked, before, masks),
+        "split_frozen_changed": drift(split, before, masks),
+        "predict_ms": {key: 1e3 * value for key, value in predict.items()},
+        "merged_over_unsplit_predict": predict["merged"] / predict["unsplit"],
+    }
+
+
+def kinds_markdown(results):
+    lines = [
+        "| scenario | unsplit ms | split/unsplit | mask/unsplit | other recipe | optimizer MB unsplit / split | mask frozen changed | split frozen changed | merged/unsplit predict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ratio, ob = r["over_unsplit"], r["optimizer_bytes"]
+        other = f"PEFT copy: {ratio['peft']:.2f} (split/PEFT {ratio['split'] / ratio['peft']:.2f})" if "peft" in ratio else "-"
+        lines.append(
+            f"| {r['scenario']} | {r['step_ms']['unsplit']:.1f} | {ratio['split']:.2f} | {ratio['mask']:.2f} | {other} | "
+            f"{ob['unsplit'] / 2**20:.1f} / {ob['split'] / 2**20:.2f} | "
+            f"{r['mask_frozen_changed']:,} of {r['frozen_entries']:,} | {r['split_frozen_changed']} | "
+            f"{r['merged_over_unsplit_predict']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 class PeakRSS:
@@ -285,16 +455,26 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     scenarios = QUICK if args.quick else SCENARIOS
+    kind_scenarios = QUICK_KINDS if args.quick else KIND_SCENARIOS
     if args.only:
         scenarios = [s for s in scenarios if args.only in s[0]]
+        kind_scenarios = [s for s in kind_scenarios if args.only in s[0]]
     merge_params = 20_000 if args.quick else args.merge_params
+    if args.only:
+        merge_params = 0
     results = [time_steps(s, args.rounds, args.steps) for s in scenarios]
+    kind_results = [time_kind(s, args.rounds) for s in kind_scenarios]
     merge = time_merge_export(merge_params, repeats=args.rounds) if merge_params else None
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; medians of {args.rounds} rounds")
-    print(markdown(results, merge))
+    if results or merge:
+        print(markdown(results, merge))
+    if kind_results:
+        print()
+        print(kinds_markdown(kind_results))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"steps": results, "merge": merge, "tensorflow": tf.__version__, "keras": keras.__version__}, f, indent=2)
+            report = {"steps": results, "kinds": kind_results, "merge": merge}
+            json.dump({**report, "tensorflow": tf.__version__, "keras": keras.__version__}, f, indent=2)
     return 0
 
 

@@ -423,3 +423,38 @@ def test_every_kind_in_one_model_trains_and_exports(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), split(x), rtol=1e-5, atol=1e-5)
     assert [type(layer).__name__ for layer in merged.layers] == [type(layer).__name__ for layer in model.layers]
+
+
+@pytest.mark.parametrize("layer_name", list(LAYERS))
+def test_gradients_match_the_plain_layer(layer_name):
+    """The trainable pieces get exactly the plain layer's gradient entries; the input its gradient."""
+    import tensorflow as tf
+
+    spec, model, x = built(layer_name)
+    split = splitnet.split_model(model, {L: {"units": [0, 2], "rows": [1]}})
+    x = tf.constant(x)
+    weights = np.random.default_rng(3).normal(size=np.shape(model(x))).astype("float32")
+
+    def grads(m, variables):
+        with tf.GradientTape() as tape:
+            if not spec.ids:
+                tape.watch(x)
+            loss = tf.reduce_sum(m(x) * weights)
+        return tape.gradient(loss, ([] if spec.ids else [x]) + variables)
+
+    plain_layer = model.get_layer(L)
+    plain = grads(model, list(plain_layer.weights))
+    pieces = split.get_layer(L).piece_variables()
+    trainable = [v for _, _, variables in pieces for v in variables if v.trainable]
+    split_grads = grads(split, trainable)
+    if not spec.ids:
+        np.testing.assert_allclose(split_grads[0], plain[0], rtol=1e-4, atol=1e-4)
+        plain, split_grads = plain[1:], split_grads[1:]
+    plain_kernel = np.asarray(tf.convert_to_tensor(plain[0]))
+    got = iter(split_grads)
+    for kernel_mask, bias_mask, variables in pieces:
+        masks = ((bias_mask, plain[-1]),) if not kernel_mask.any() else ((kernel_mask, plain_kernel), (bias_mask, plain[-1]))
+        for variable, (mask, full) in zip(variables, masks):  # a bias held on its own: no kernel
+            if variable.trainable:
+                grad = np.asarray(tf.convert_to_tensor(next(got)))
+                np.testing.assert_allclose(grad.ravel(), np.asarray(tf.convert_to_tensor(full))[mask], rtol=1e-4, atol=1e-4)

@@ -49,8 +49,38 @@ class _SplitConv(KernelSplitLayer):
                 data_format=self.data_format,
             )
 
-        y = self._tables[0].apply(inputs, convolve, -1, -1)
+        if self._whole_kernel(padding):
+            y = self._tables[0].apply_whole(inputs, convolve, *self._conv2d_grads(padding), -1, -1)
+        else:
+            y = self._tables[0].apply(inputs, convolve, -1, -1)
         return y if self.activation is None else self.activation(y)
+
+    def _whole_kernel(self, padding):
+        """Whether to convolve with the whole kernel (see `Pieces.apply_whole`).
+
+        Narrower convolutions run slower per filter than the whole one, so a
+        split Conv2D convolves with the whole kernel and computes the weight
+        gradient of its trainable pieces only. TensorFlow's own gradient
+        kernels are used for that, for the cases they cover exactly as the
+        forward pass does: 2-D, no dilation, `same` or `valid` padding.
+        """
+        return self.rank == 2 and tuple(self.dilation_rate) == (1, 1) and padding in ("same", "valid") and len(self._tables[0].plan.pieces) > 1
+
+    def _conv2d_grads(self, padding):
+        import tensorflow as tf
+
+        strides = [1, *self.strides, 1]
+        pad = padding.upper()
+
+        def input_grad(x, kernel, dy):
+            return tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, strides=strides, padding=pad
+            )
+
+        def kernel_grad(x, dy, shape):
+            return tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=shape, out_backprop=dy, strides=strides, padding=pad)
+
+        return input_grad, kernel_grad
 
 
 SplitConv1D = split_class(keras.layers.Conv1D, _SplitConv, "SplitConv1D")

@@ -165,21 +165,44 @@ class _SplitReversibleEmbedding(_SplitEmbedding):
         return logits
 
     def _tied_logits(self, inputs, product):
-        """`inputs @ table.T` from the table's pieces: token rows are the outputs here."""
+        """`inputs @ table.T`, with the weight gradient of the trainable rows only.
+
+        The whole table is assembled from its pieces (a copy of the table, much
+        cheaper than the product) and multiplied once, so the logits come out
+        in token order with no copy of them; the gradient computes the input
+        gradient with the whole table and a weight gradient for each trainable
+        piece from its tokens' logits and its dimensions' inputs.
+        """
+        import tensorflow as tf  # the custom gradient is TensorFlow's
+
         table = self._tables[0]
         plan = table.plan
-        views = [inputs if len(cols) == plan.units else _columns(inputs, cols) for cols in plan.blocks]
-        whole, parts = None, [None] * len(plan.row_blocks)
-        for piece, values, rows in table.each():
-            y = product(views[piece.block], ops.transpose(values[0]))
-            if rows is None:
-                whole = y if whole is None else ops.add(whole, y)
-            else:
-                parts[rows] = y if parts[rows] is None else ops.add(parts[rows], y)
-        if not plan.row_blocks:
-            return whole
-        joined = table.rows(parts, -1)
-        return joined if whole is None else ops.add(joined, whole)
+        if len(plan.pieces) == 1:
+            return product(inputs, ops.transpose(table.variables[0][0]))
+        kernels = [tf.convert_to_tensor(values[0].value) for values in table.variables]
+
+        @tf.custom_gradient
+        def forward(x, *kernels):
+            whole = table._assemble(kernels)
+            logits = product(x, ops.transpose(whole))
+
+            def grad(dlogits):
+                dx = ops.cast(ops.matmul(dlogits, ops.cast(whole, dlogits.dtype)), x.dtype)
+                grads = []
+                for piece, kernel in zip(plan.pieces, kernels):
+                    if piece.frozen:
+                        grads.append(None)
+                        continue
+                    tokens = dlogits if piece.rows is None else _columns(dlogits, piece.rows)
+                    features = x if len(piece.cols) == plan.units else _columns(x, piece.cols)
+                    tokens = ops.reshape(tokens, (-1, tokens.shape[-1]))
+                    features = ops.cast(ops.reshape(features, (-1, features.shape[-1])), tokens.dtype)
+                    grads.append(ops.cast(ops.matmul(ops.transpose(tokens), features), kernel.dtype))
+                return (dx, *grads)
+
+            return logits, grad
+
+        return forward(inputs, *kernels)
 
 
 def _columns(x, cols):

@@ -63,6 +63,17 @@ def take(x, index, axis):
     return ops.transpose(ops.take(ops.transpose(x), index, axis=0))
 
 
+def tf_custom_gradient(f):
+    """TensorFlow's `custom_gradient` (Keras' `ops.custom_gradient` wraps the same)."""
+    return ops.custom_gradient(f)
+
+
+def _select(x, index, axis):
+    """`x` at the given units along `axis`: `index` is (runs, array)."""
+    segments, array = index
+    return _slices(x, segments, axis) if len(segments) <= MAX_SLICES else take(x, array, axis)
+
+
 def permute(x, perm, inverse, axis):
     """`take(x, perm, axis)` whose gradient is the inverse gather, not a scatter-add."""
 
@@ -91,6 +102,9 @@ class Join:
         self.segments, perm = join_order(blocks, size)
         self.perm = np.asarray(perm, dtype="int32")
         self.inverse = np.argsort(self.perm).astype("int32")
+        # Where each segment sits in the concatenation of the blocks.
+        offsets = np.cumsum([0] + [len(b) for b in blocks])
+        self.joined_runs = [(int(offsets[b] + start), int(offsets[b] + stop)) for b, start, stop in self.segments]
 
     @property
     def identity(self):
@@ -109,8 +123,14 @@ class Join:
         return permute(ops.concatenate(blocks, axis=axis), self.perm, self.inverse, axis)
 
     def restore(self, joined, axis):
-        """Reorder the concatenation of the blocks (a weight, not an activation) with one gather."""
-        return joined if self.identity else ops.take(joined, self.perm, axis=axis)
+        """Reorder the concatenation of the blocks (a weight, not an activation): a few
+        slices when the order is a few runs (new tokens appended), else one gather."""
+        if self.identity:
+            return joined
+        if len(self.segments) <= MAX_SLICES:
+            parts = [axis_slice(joined, axis, start, stop) for start, stop in self.joined_runs]
+            return ops.concatenate(parts, axis=axis)
+        return ops.take(joined, self.perm, axis=axis)
 
 
 class Pieces:
@@ -228,14 +248,69 @@ class Pieces:
             biases[0] = self.bias  # the trainable columns' bias, held on its own
         return biases
 
+    def apply_whole(self, x, product, input_grad, kernel_grad, in_axis, out_axis):
+        """The plain layer's output before its activation, from the whole kernel.
+
+        For operations whose narrower pieces run slower per entry than the
+        whole (a convolution): the kernel is assembled from the pieces (a small
+        copy), the forward pass and the input gradient use it whole, and the
+        gradient computes the weight gradient of the trainable pieces only,
+        each from the input rows and output units it holds. The frozen
+        pieces get no gradient at all.
+
+        Args:
+            x: The input.
+            product: `product(x, kernel)`.
+            input_grad: `input_grad(x, kernel, dy)` -> the gradient for `x`.
+            kernel_grad: `kernel_grad(x_rows, dy_units, piece_shape)` -> a piece's gradient.
+            in_axis, out_axis: The rows axis in `x` and the units axis in the output.
+        """
+        import tensorflow as tf  # the gradient kernels are TensorFlow's
+
+        plan = self.plan
+        # Read the variables out here: the custom gradient takes tensors.
+        kernels = [tf.convert_to_tensor(values[0].value) for values in self.variables]
+        piece_shapes = [plan.piece_shape(piece) for piece in plan.pieces]
+        unit_index = [None if len(cols) == plan.units else (runs(cols), np.asarray(cols, "int32")) for cols in plan.blocks]
+
+        @tf_custom_gradient
+        def forward(x, *kernels):
+            kernel = self._assemble(kernels)
+            y = product(x, kernel)
+
+            def grad(dy):
+                views = self.row_views(x, in_axis) if self.row_runs else []
+                grads = []
+                for piece, rows, shape in zip(plan.pieces, self.piece_rows, piece_shapes):
+                    if piece.frozen:
+                        grads.append(None)
+                        continue
+                    index = unit_index[piece.block]
+                    dy_units = dy if index is None else _select(dy, index, out_axis)
+                    grads.append(kernel_grad(x if rows is None else views[rows], dy_units, shape))
+                return (input_grad(x, kernel, dy), *grads)
+
+            return y, grad
+
+        y = forward(x, *kernels)
+        blocks_bias = self.block_biases()
+        if any(b is not None for b in blocks_bias) and plan.bias_per_unit:
+            y = ops.add(y, self.bias_value())
+        elif self.bias is not None:
+            y = ops.add(y, self.bias)
+        return y
+
     def kernel(self):
         """The whole kernel, assembled from the pieces with `ops`, so code that reads
         it (tied weights) works in traced functions and its gradient reaches the
         trainable pieces."""
+        return self._assemble([values[0] for values in self.variables])
+
+    def _assemble(self, kernels):
         plan = self.plan
         blocks = []
         for block in range(len(plan.blocks)):
-            parts = [(rows, values[0]) for piece, values, rows in self.each() if piece.block == block]
+            parts = [(rows, k) for piece, k, rows in zip(plan.pieces, kernels, self.piece_rows) if piece.block == block]
             if parts[0][0] is None:  # one piece reads every row
                 blocks.append(parts[0][1])
                 continue
