@@ -458,3 +458,23 @@ def test_gradients_match_the_plain_layer(layer_name):
             if variable.trainable:
                 grad = np.asarray(tf.convert_to_tensor(next(got)))
                 np.testing.assert_allclose(grad.ravel(), np.asarray(tf.convert_to_tensor(full))[mask], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layer_name", ["conv2d", "einsum-query", "embedding", "reversible-tied", "reversible-untied"])
+def test_mixed_precision(layer_name):
+    """Float16 compute with float32 variables: the pieces compute as the plain layer and stay exact."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        spec, model, x = built(layer_name)
+        split = splitnet.split_model(model, {L: {"units": [0], "rows": [1, 2]}})
+        assert split(x).dtype == model(x).dtype
+        np.testing.assert_allclose(np.asarray(split(x), "float32"), np.asarray(model(x), "float32"), rtol=2e-2, atol=2e-2)
+        before, masks = splitnet.merged_weights(split)[L], splitnet.frozen_masks(split)[L]
+        split.compile(optimizer=keras.optimizers.AdamW(0.01, weight_decay=0.1), loss="mse")
+        split.fit(x, np.asarray(model(x), "float32") + 1.0, epochs=2, batch_size=3, verbose=0)
+        for mask, old, new in zip(masks.values(), before, splitnet.merged_weights(split)[L]):
+            assert old.dtype == np.float32
+            np.testing.assert_array_equal(new[mask], old[mask])
+            assert (new != old)[~mask].any()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

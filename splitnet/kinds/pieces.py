@@ -63,11 +63,6 @@ def take(x, index, axis):
     return ops.transpose(ops.take(ops.transpose(x), index, axis=0))
 
 
-def tf_custom_gradient(f):
-    """TensorFlow's `custom_gradient` (Keras' `ops.custom_gradient` wraps the same)."""
-    return ops.custom_gradient(f)
-
-
 def _select(x, index, axis):
     """`x` at the given units along `axis`: `index` is (runs, array)."""
     segments, array = index
@@ -268,12 +263,13 @@ class Pieces:
         import tensorflow as tf  # the gradient kernels are TensorFlow's
 
         plan = self.plan
-        # Read the variables out here: the custom gradient takes tensors.
-        kernels = [tf.convert_to_tensor(values[0].value) for values in self.variables]
+        # Read the variables out here (the custom gradient takes tensors), in the
+        # input's dtype as Keras' autocasting would (mixed precision).
+        kernels = [ops.cast(tf.convert_to_tensor(values[0].value), x.dtype) for values in self.variables]
         piece_shapes = [plan.piece_shape(piece) for piece in plan.pieces]
         unit_index = [None if len(cols) == plan.units else (runs(cols), np.asarray(cols, "int32")) for cols in plan.blocks]
 
-        @tf_custom_gradient
+        @tf.custom_gradient
         def forward(x, *kernels):
             kernel = self._assemble(kernels)
             y = product(x, kernel)
@@ -293,12 +289,8 @@ class Pieces:
             return y, grad
 
         y = forward(x, *kernels)
-        blocks_bias = self.block_biases()
-        if any(b is not None for b in blocks_bias) and plan.bias_per_unit:
-            y = ops.add(y, self.bias_value())
-        elif self.bias is not None:
-            y = ops.add(y, self.bias)
-        return y
+        bias = self.bias_value()  # assembled: a few entries
+        return y if bias is None else ops.add(y, bias)
 
     def kernel(self):
         """The whole kernel, assembled from the pieces with `ops`, so code that reads
