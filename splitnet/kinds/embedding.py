@@ -179,8 +179,9 @@ class _SplitReversibleEmbedding(_SplitEmbedding):
         plan = table.plan
         if len(plan.pieces) == 1:
             return product(inputs, ops.transpose(table.variables[0][0]))
-        # Read out here (the custom gradient takes tensors), in the compute dtype.
-        kernels = [ops.cast(tf.convert_to_tensor(values[0].value), self.compute_dtype) for values in table.variables]
+        # Read out here (the custom gradient takes tensors) in the variables' dtype,
+        # as the plain layer's `ops.transpose(self.embeddings)` reads them.
+        kernels = [tf.convert_to_tensor(values[0].value) for values in table.variables]
 
         @tf.custom_gradient
         def forward(x, *kernels):
