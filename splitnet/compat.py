@@ -48,6 +48,37 @@ def set_keras_mask(x, mask):
     set_mask(x, mask)
 
 
+def take_keras_mask(x):
+    """The Keras mask of `x`, removed from it (as `MultiHeadAttention.call` does)."""
+    from keras.src.backend import get_keras_mask, set_keras_mask as set_mask
+
+    mask = get_keras_mask(x)
+    set_mask(x, None)
+    return mask
+
+
+def attention_uses_gate(layer):
+    """`MultiHeadAttention(use_gate=True)`: not in its config under a public attribute."""
+    return bool(getattr(layer, "_use_gate", False))
+
+
+def attention_sliding_window(layer):
+    return getattr(layer, "_sliding_window", None)
+
+
+def attention_mask(layer, query, value, query_mask, value_mask, key_mask, attention_mask, use_causal_mask):
+    """`MultiHeadAttention`'s own mask logic (a private method)."""
+    return layer._compute_attention_mask(
+        query,
+        value,
+        query_mask=query_mask,
+        value_mask=value_mask,
+        key_mask=key_mask,
+        attention_mask=attention_mask,
+        use_causal_mask=use_causal_mask,
+    )
+
+
 def has_assets(model):
     """Whether anything the model holds saves assets (a vocabulary), as Keras' saving checks.
 
@@ -230,6 +261,10 @@ def check():
         "Conv2D._kernel": lambda: _built(keras.layers.Conv2D(1, 1), (1, 2, 2, 1)).__dict__["_kernel"],
         "EinsumDense._kernel": lambda: _built(keras.layers.EinsumDense("ab,bc->ac", 2), (1, 2)).__dict__["_kernel"],
         "Embedding._embeddings": lambda: _built(keras.layers.Embedding(2, 2), (1,)).__dict__["_embeddings"],
+        "MultiHeadAttention._compute_attention_mask": lambda: mha._compute_attention_mask,
+        "MultiHeadAttention._use_gate": lambda: mha._use_gate,
+        "MultiHeadAttention._sliding_window": lambda: mha.__dict__["_sliding_window"],
+        "backend.get_keras_mask": lambda: __import__("keras.src.backend", fromlist=["get_keras_mask"]).get_keras_mask,
     }
     for name, get in needs.items():
         try:

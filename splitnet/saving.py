@@ -87,6 +87,7 @@ def _install_noted(model, notes, folder):
         if not isinstance(layer, kind.split):  # else: restored from the model config
             kind.install(layer, kind.plan_from_note(note), note["key"])
         _rename_along(model, layer, note["key"])
+    kinds.after_split(model)
 
 
 def _rename_along(model, layer, key):
@@ -312,6 +313,8 @@ def _fill(model, copy, plain, assign=True):
         kind = kinds.split_kind_of(a)
         if kind is not None and not plain and not isinstance(b, kind.split):
             kind.install(b, a.plan, key)  # held by Python code: not in the config
+    if not plain:
+        kinds.after_split(copy)
     if not assign:
         return True
     for a, b in [(model, copy)] + [(a, b) for (_, a), (_, b) in zip(originals, twins)]:

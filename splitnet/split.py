@@ -117,6 +117,7 @@ def split_in_place(model, rules, where):
     """Split the layers `rules` name, in `model` itself; returns `model`."""
     for layer, key, plan, kind in plan_layers(model, rules, where).values():
         kind.install(layer, plan, key)
+    kinds.after_split(model)
     return model
 
 

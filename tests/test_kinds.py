@@ -478,3 +478,55 @@ def test_mixed_precision(layer_name):
             assert (new != old)[~mask].any()
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("how", ["self", "cross-with-mask", "causal", "query-mask", "scores"])
+def test_heads_go_through_attention_in_their_groups(how):
+    """A `heads:` rule computes each head group's attention apart: same outputs and gradients."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    attention = keras.layers.MultiHeadAttention(4, 3, value_dim=2, name="attn")
+    query_in, value_in = keras.Input((5, 8)), keras.Input((6, 8))
+    if how == "self":
+        model = keras.Model(query_in, attention(query_in, query_in))
+    elif how == "cross-with-mask":
+        mask_in = keras.Input((5, 6), dtype="bool")
+        model = keras.Model([query_in, value_in, mask_in], attention(query_in, value_in, attention_mask=mask_in))
+    elif how == "causal":
+        model = keras.Model(query_in, attention(query_in, query_in, use_causal_mask=True))
+    elif how == "query-mask":
+        ids = keras.Input((5,), dtype="int32")
+        x = keras.layers.Embedding(9, 8, mask_zero=True)(ids)
+        model = keras.Model(ids, attention(x, x))
+    else:
+        out, scores = attention(query_in, query_in, return_attention_scores=True)
+        model = keras.Model(query_in, [out, scores])
+    inputs = {
+        "self": [rng.normal(size=(3, 5, 8))],
+        "causal": [rng.normal(size=(3, 5, 8))],
+        "scores": [rng.normal(size=(3, 5, 8))],
+        "cross-with-mask": [rng.normal(size=(3, 5, 8)), rng.normal(size=(3, 6, 8)), rng.random((3, 5, 6)) > 0.3],
+        "query-mask": [np.array([[1, 2, 0, 0, 3], [4, 5, 6, 7, 8], [0, 1, 0, 1, 0]])],
+    }[how]
+    inputs = [tf.constant(a.astype("float32") if a.dtype == np.float64 else a) for a in inputs]
+    model(inputs)
+    perturb(model)
+    split = splitnet.split_model(model, {"attn": {"heads": [0, 2]}})
+    layer = split.get_layer("attn")
+    assert "call" in vars(layer)  # computed per head group
+    floats = [x for x in inputs if x.dtype == tf.float32]
+
+    def outputs_and_grads(m):
+        with tf.GradientTape() as tape:
+            tape.watch(floats)
+            out = m(inputs)
+            out = out[0] if isinstance(out, list) else out
+            loss = tf.reduce_sum(out * np.linspace(-1, 1, int(np.prod(out.shape))).reshape(out.shape).astype("float32"))
+        return out, tape.gradient(loss, floats)
+
+    want, want_grads = outputs_and_grads(model)
+    got, got_grads = outputs_and_grads(split)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got_grads, want_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -55,6 +55,13 @@ def any_kind_of(layer):
     return split_kind_of(layer) or kind_of(layer)
 
 
+def after_split(model):
+    """What needs the whole model once its layers are split: attention per head group."""
+    from splitnet.kinds import attention
+
+    attention.group_heads(model)
+
+
 def by_name(name):
     for kind in KINDS:
         if kind.name == name:

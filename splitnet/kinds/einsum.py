@@ -109,10 +109,24 @@ class _SplitEinsumDense(KernelSplitLayer):
         self._out_axis = eq.output_axis(eq.kernel[plan.unit_axis])
 
     def call(self, inputs, training=None):
-        def product(x, kernel):
-            return ops.einsum(self.equation, x, kernel)
+        y = self._tables[0].apply(inputs, self._product, self._in_axis, self._out_axis)
+        return y if self.activation is None else self.activation(y)
 
-        y = self._tables[0].apply(inputs, product, self._in_axis, self._out_axis)
+    def _product(self, x, kernel):
+        return ops.einsum(self.equation, x, kernel)
+
+    def head_blocks(self, inputs):
+        """The outputs of each unit block (trainable heads, frozen heads), not joined
+        (see `attention.py`)."""
+        blocks = self._tables[0].blocks(inputs, self._product, self._in_axis)
+        return blocks if self.activation is None else [self.activation(b) for b in blocks]
+
+    def from_head_blocks(self, blocks):
+        """The output for an input given as its row blocks (trainable heads, frozen heads)."""
+        pieces = self._tables[0]
+        (y,) = pieces.blocks(None, self._product, self._in_axis, views=blocks)
+        if pieces.bias is not None and not pieces.plan.bias_per_unit:
+            y = ops.add(y, pieces.bias)
         return y if self.activation is None else self.activation(y)
 
 

@@ -219,7 +219,19 @@ class Pieces:
             in_axis: The rows axis in `x`.
             out_axis: The units axis in the output.
         """
-        views = self.row_views(x, in_axis) if self.row_runs else []
+        joined = self.columns(self.blocks(x, product, in_axis), out_axis)
+        if self.bias is not None and not self.plan.bias_per_unit:
+            joined = ops.add(joined, self.bias)  # shared by all units: added after the join
+        return joined
+
+    def blocks(self, x, product, in_axis, views=None):
+        """Each column block's output (with its bias), before the join.
+
+        `views`: the input's row blocks, when the caller has them apart
+        already (then `x` is not read).
+        """
+        if views is None:
+            views = self.row_views(x, in_axis) if self.row_runs else []
         blocks = [None] * len(self.plan.blocks)
         for piece, values, rows in self.each():
             y = product(x if rows is None else views[rows], values[0])
@@ -227,11 +239,7 @@ class Pieces:
         # Each block's bias is added once, after its pieces are summed: a
         # BiasAdd feeding an Add is a pattern TensorFlow's oneDNN rewrite
         # fuses, and may fail to run ("Fusion is not implemented: [BiasAdd,Add]").
-        blocks = [y if b is None else ops.add(y, b) for y, b in zip(blocks, self.block_biases())]
-        joined = self.columns(blocks, out_axis)
-        if self.bias is not None and not self.plan.bias_per_unit:
-            joined = ops.add(joined, self.bias)  # shared by all units: added after the join
-        return joined
+        return [y if b is None else ops.add(y, b) for y, b in zip(blocks, self.block_biases())]
 
     def block_biases(self):
         """The bias variable of each column block (None where the block has none)."""
