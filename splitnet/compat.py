@@ -9,6 +9,7 @@ somewhere deep inside a split.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import shutil
 import zipfile
@@ -266,6 +267,16 @@ def check():
         "MultiHeadAttention._sliding_window": lambda: mha.__dict__["_sliding_window"],
         "backend.get_keras_mask": lambda: __import__("keras.src.backend", fromlist=["get_keras_mask"]).get_keras_mask,
     }
+    # `kinds/attention.py` replaces `MultiHeadAttention.call` on split instances
+    # with one of the same arguments; a new argument must not go unnoticed.
+    expected = (
+        "self", "query", "value", "key", "query_mask", "value_mask", "key_mask", "attention_mask",
+        "return_attention_scores", "training", "use_causal_mask",
+    )
+    needs["MultiHeadAttention.call arguments"] = lambda: (
+        None if tuple(inspect.signature(keras.layers.MultiHeadAttention.call).parameters) == expected
+        else {}["different"]
+    )
     for name, get in needs.items():
         try:
             get()

@@ -387,10 +387,6 @@ class KernelPlan:
 
     # -- order restoring ----------------------------------------------------
 
-    def join_order(self):
-        """How to lay the joined column blocks out in the original column order (see `join_order`)."""
-        return join_order(self.blocks, self.units)
-
     # -- serialization ------------------------------------------------------
 
     def transposed(self):
@@ -433,9 +429,6 @@ class KernelPlan:
             if config.get(key) is not None:
                 config[key] = tuple(config[key])
         return cls(**config)
-
-
-DensePlan = KernelPlan  # the name plans had when only Dense was split
 
 
 def join_order(blocks, size):

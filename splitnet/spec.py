@@ -336,7 +336,7 @@ def parse_freeze(value, where, path=("freeze",)):
         if not isinstance(name, str) or not name:
             raise where.error(sub, f"a layer name must be a non-empty string, got {name!r}", key=True)
         if entry is None or (isinstance(entry, Mapping) and not entry):
-            raise where.error(sub, "nothing to freeze; give units, rows and/or bias: true")
+            raise where.error(sub, "nothing to freeze; give units, rows and/or bias: true (or heads)")
         _check_mapping(entry, sub, where, _FREEZE_KEYS, "units/rows/bias/axis/heads")
         bias = entry.get("bias", False)
         bias = bool(bias) if isinstance(bias, np.bool_) else bias
@@ -347,7 +347,7 @@ def parse_freeze(value, where, path=("freeze",)):
         heads = entry.get("heads")
         axis = entry.get("axis")
         if heads is not None:
-            others = [key for key in ("units", "rows", "bias", "axis") if key in entry]
+            others = [key for key in ("units", "rows", "axis") if key in entry] + (["bias"] if bias else [])
             if others:
                 raise where.error(
                     sub + (others[0],),
@@ -356,7 +356,7 @@ def parse_freeze(value, where, path=("freeze",)):
                     key=True,
                 )
         elif units is None and rows is None and not bias:
-            raise where.error(sub, "nothing to freeze; give units, rows and/or bias: true")
+            raise where.error(sub, "nothing to freeze; give units, rows and/or bias: true (or heads)")
         if axis is not None and not (isinstance(axis, str) and len(axis) == 1 and axis.isalpha()):
             raise where.error(sub + ("axis",), f"expected one letter of the layer's einsum equation, got {axis!r}")
         rules.append(

@@ -14,7 +14,6 @@ import re
 import keras
 
 from splitnet import kinds, saving, spec as spec_lib, tree
-from splitnet.kinds import einsum
 from splitnet.errors import ModelError
 from splitnet.files import ModelFileError, load_keras
 
@@ -59,7 +58,7 @@ def splittable_keys(model):
 
 
 def plan_layers(model, rules, where):
-    """Resolve freeze rules against a model: `{id(layer): (layer, key, plan, kind)}`.
+    """Resolve freeze rules against a model: `{id(layer): (layer, key, plan, kind, rule)}`.
 
     Each plan is made and checked by the layer's kind.
     """
@@ -80,12 +79,12 @@ def plan_layers(model, rules, where):
                 f"{kinds.supported_names()} layers",
                 key=True,
             )
-        if rule.axis is not None and kind is not einsum.KIND:
+        if rule.axis is not None and not kind.takes_axis:
             raise where.error(
                 rule.path + ("axis",), f"layer {rule.layer!r} is a {type(layer).__name__}; axis: applies to EinsumDense layers"
             )
         if id(layer) in targets:
-            raise where.error(rule.path, f"layer {rule.layer!r} is named twice (also as {targets[id(layer)][1]!r})", key=True)
+            raise where.error(rule.path, f"layer {rule.layer!r} is named twice (also {_named(targets[id(layer)][4])})", key=True)
         if not layer.built:
             raise ModelError(f"layer {rule.layer!r} is not built; call the model on an input first")
         if not all(id(w) in trainable for w in layer.weights):
@@ -94,12 +93,19 @@ def plan_layers(model, rules, where):
                 f"layer {rule.layer!r} is not trainable in this model, so it is frozen whole already",
                 key=True,
             )
-        targets[id(layer)] = (layer, rule.layer, kind.plan(layer, rule, where), kind)
+        targets[id(layer)] = (layer, rule.layer, kind.plan(layer, rule, where), kind, rule)
     return targets
 
 
+def _named(rule):
+    """How a rule names its layer, for "named twice": its key, or the `heads:` rule it came from."""
+    if rule.path[-1] == "heads":
+        return f"by the heads: rule of {rule.path[-2]!r}"
+    return f"as {rule.layer!r}"
+
+
 def _expand_heads(model, rules, where):
-    """Rules with `heads:` (on an attention layer) -> a rule per projection (`einsum.heads_rules`)."""
+    """Rules with `heads:` (on an attention layer) -> a rule per projection (`kinds.heads_rules`)."""
     out = []
     for rule in rules:
         if rule.heads is None:
@@ -109,13 +115,13 @@ def _expand_heads(model, rules, where):
         if layer is None:
             hint = spec_lib.suggest(rule.layer, [key for key, _ in tree.walk(model)])
             raise where.error(rule.path, f"no layer {rule.layer!r} in model {model.name!r}{hint}", key=True)
-        out += einsum.heads_rules(layer, rule, where, lambda key: tree.find(model, key))
+        out += kinds.heads_rules(layer, rule, where, lambda key: tree.find(model, key))
     return out
 
 
 def split_in_place(model, rules, where):
     """Split the layers `rules` name, in `model` itself; returns `model`."""
-    for layer, key, plan, kind in plan_layers(model, rules, where).values():
+    for layer, key, plan, kind, _ in plan_layers(model, rules, where).values():
         kind.install(layer, plan, key)
     kinds.after_split(model)
     return model

@@ -246,7 +246,7 @@ def test_keras_file_round_trip_in_safe_mode(layer_name, tmp_path):
 
 REFUSALS = [
     ("conv2d", {"units": [0]}, lambda: keras.layers.Conv2D(4, 3, groups=2, name=L), "groups=2; splitnet splits convolutions with groups=1"),
-    ("embedding", {"rows": [0], "bias": True}, None, "freeze.L.bias: layer 'L' is an embedding; it has no bias"),
+    ("embedding", {"rows": [0], "bias": True}, None, "freeze.L.bias: layer 'L' has no bias (an embedding)"),
     ("embedding", {"rows": [12]}, None, "freeze.L.rows[0]: 12 is out of range, layer 'L' has 12 token ids"),
     ("einsum-query", {"units": [0], "axis": "e"}, None, None),  # allowed: the head_dim axis
     ("einsum-query", {"units": [0], "axis": "c"}, None, "freeze.L.axis: axis 'c' is summed over in 'abc,cde->abde', so it names rows; give rows"),
@@ -318,8 +318,13 @@ def test_heads_freeze_the_same_heads_in_all_four_projections():
 def test_heads_rules_are_refused_where_they_do_not_apply():
     model = attention_model()
     model(np.zeros((1, 5, 8), "float32"))
-    with pytest.raises(splitnet.SpecError, match=r"freeze.attn.heads\[0\]: 4 is out of range"):
+    with pytest.raises(splitnet.SpecError, match=r"freeze.attn.heads\[0\]: 4 is out of range, layer 'attn' has 4 heads"):
         splitnet.split_model(model, {"attn": {"heads": [4]}})
+    with pytest.raises(splitnet.SpecError, match="layer 'attn/query' is named twice \\(also by the heads: rule of 'attn'\\)"):
+        splitnet.split_model(model, {"attn": {"heads": [0]}, "attn/query": {"units": [1]}})
+    split = splitnet.split_model(model, {"attn": {"heads": [0], "bias": False}})  # false is the default
+    with pytest.raises(splitnet.SpecError, match="freeze.attn: layer 'attn' is already split; merge the model first"):
+        splitnet.split_model(split, {"attn": {"heads": [1]}})
     with pytest.raises(splitnet.SpecError, match="freeze.attn.units: heads: freezes the same heads"):
         splitnet.split_model(model, {"attn": {"heads": [0], "units": [1]}})
     with pytest.raises(splitnet.SpecError, match="freeze.attn/query.heads: layer 'attn/query' \\(EinsumDense\\) has no EinsumDense 'query'"):

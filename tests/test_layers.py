@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import splitnet
 from splitnet.kinds.dense import SplitDense
-from splitnet.plan import DensePlan
+from splitnet.plan import KernelPlan
 
 
 def _pair(frozen_units=(), frozen_rows=(), bias=False, activation="tanh", units=40, in_dim=6):
@@ -20,7 +20,7 @@ def _pair(frozen_units=(), frozen_rows=(), bias=False, activation="tanh", units=
     plain = keras.layers.Dense(units, activation=activation, name="d")
     plain.build((None, in_dim))
     plain.set_weights([rng.normal(size=(in_dim, units)).astype("float32"), rng.normal(size=(units,)).astype("float32")])
-    plan = DensePlan(in_dim, units, True, tuple(frozen_units), tuple(frozen_rows), bias)
+    plan = KernelPlan(in_dim, units, True, tuple(frozen_units), tuple(frozen_rows), bias)
     split = SplitDense.from_config({**plain.get_config(), "split": plan.get_config()})
     split.build((None, in_dim))
     split.assign_merged(*plain.get_weights())

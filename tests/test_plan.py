@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from splitnet import SpecError
-from splitnet.plan import DensePlan, resolve, runs
+from splitnet.plan import KernelPlan, join_order, resolve, runs
 from splitnet.spec import Where, parse_index_set
 
 
@@ -65,7 +65,7 @@ def _plans():
     for fu, fr, bias, use_bias in itertools.product(unit_sets, row_sets, (False, True), (False, True)):
         if not fu and not fr and not bias:
             continue
-        yield DensePlan(in_dim, units, use_bias, fu, fr, bias and use_bias)
+        yield KernelPlan(in_dim, units, use_bias, fu, fr, bias and use_bias)
 
 
 def _ids(plan):
@@ -109,8 +109,8 @@ def test_split_and_merge_are_inverse_and_cover_each_entry_once(plan):
 
 @pytest.mark.parametrize("frozen", [(0,), (5,), (1, 2), (0, 2, 4, 5), (0, 1, 3, 4)])
 def test_join_order_restores_columns(frozen):
-    plan = DensePlan(3, 6, True, frozen, (), False)
-    segments, perm = plan.join_order()
+    plan = KernelPlan(3, 6, True, frozen, (), False)
+    segments, perm = join_order(plan.blocks, plan.units)
     columns = np.arange(6)
     blocks = [columns[list(cols)] for cols in plan.blocks]
     by_segments = np.concatenate([blocks[b][s:e] for b, s, e in segments])
@@ -122,6 +122,6 @@ def test_join_order_restores_columns(frozen):
 
 
 def test_config_round_trip():
-    plan = DensePlan(7, 9, True, (0, 1, 2, 5, 8), (3, 4), True)
-    assert DensePlan.from_config(plan.get_config()) == plan
+    plan = KernelPlan(7, 9, True, (0, 1, 2, 5, 8), (3, 4), True)
+    assert KernelPlan.from_config(plan.get_config()) == plan
     assert plan.get_config()["frozen_units"] == [[0, 3], [5, 6], [8, 9]]

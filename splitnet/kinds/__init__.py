@@ -30,6 +30,7 @@ so a new kind is one module here plus its tests.
 from __future__ import annotations
 
 from splitnet.kinds import conv, dense, einsum, embedding
+from splitnet.kinds.einsum import heads_rules  # noqa: F401 - `heads:` rules, expanded by `split.py`
 
 KINDS = (dense.KIND, einsum.KIND, conv.KIND, embedding.KIND)
 

@@ -13,7 +13,6 @@ import keras
 from keras import ops
 
 from splitnet.kinds.pieces import KernelSplitLayer, Kind, split_class
-from splitnet.plan import KernelPlan, resolve
 
 
 class _SplitConv(KernelSplitLayer):
@@ -107,21 +106,10 @@ class _ConvKind(Kind):
                 f"layer {rule.layer!r} is a {kind} with groups={layer.groups}; splitnet splits convolutions "
                 "with groups=1",
             )
-        if rule.bias and not layer.use_bias:
-            raise where.error(rule.path + ("bias",), f"layer {rule.layer!r} has no bias (use_bias=False)")
+        self.check_bias(layer.use_bias, rule, where)
         shape = tuple(int(d) for d in layer.kernel.shape)
-        in_dim, units = shape[-2], shape[-1]
-        plan = KernelPlan(
-            in_dim=in_dim,
-            units=units,
-            use_bias=layer.use_bias,
-            frozen_units=() if rule.units is None else resolve(rule.units, units, "filters", rule.layer, where),
-            frozen_rows=() if rule.rows is None else resolve(rule.rows, in_dim, "input channels", rule.layer, where),
-            bias_frozen=bool(rule.bias and layer.use_bias),
-            shape=shape,
-            row_axis=len(shape) - 2,
-            unit_axis=len(shape) - 1,
-        )
+        nouns = ("filters", "input channels")
+        plan = self.resolve_plan(rule, where, shape, len(shape) - 2, len(shape) - 1, nouns, layer.use_bias)
         self.check_common(layer, rule, where)
         # A norm over every axis but the filters' is per filter.
         self.check_constraints(layer, rule, plan, where, per_unit_axes=(tuple(range(len(shape) - 1)),))

@@ -12,7 +12,6 @@ import keras
 from keras import ops
 
 from splitnet.kinds.pieces import Kind, KernelSplitLayer, split_class
-from splitnet.plan import KernelPlan, resolve
 
 
 class _SplitDense(KernelSplitLayer):
@@ -56,17 +55,9 @@ class _DenseKind(Kind):
 
     def plan(self, layer, rule, where):
         """A checked `KernelPlan` for `rule` (a `spec.FreezeRule`) on a built Dense."""
-        if rule.bias and not layer.use_bias:
-            raise where.error(rule.path + ("bias",), f"layer {rule.layer!r} has no bias (use_bias=False)")
-        in_dim, units = (int(d) for d in layer.kernel.shape)
-        plan = KernelPlan(
-            in_dim=in_dim,
-            units=units,
-            use_bias=layer.use_bias,
-            frozen_units=() if rule.units is None else resolve(rule.units, units, "units", rule.layer, where),
-            frozen_rows=() if rule.rows is None else resolve(rule.rows, in_dim, "input rows", rule.layer, where),
-            bias_frozen=bool(rule.bias and layer.use_bias),
-        )
+        self.check_bias(layer.use_bias, rule, where)
+        shape = tuple(int(d) for d in layer.kernel.shape)
+        plan = self.resolve_plan(rule, where, shape, 0, 1, ("units", "input rows"), layer.use_bias)
         self.check_common(layer, rule, where)
         self.check_constraints(layer, rule, plan, where)
         return plan

@@ -26,7 +26,7 @@ import keras
 from keras import ops
 
 from splitnet.kinds.pieces import KernelSplitLayer, Kind, split_class
-from splitnet.plan import KernelPlan, resolve
+from splitnet.plan import resolve
 from splitnet.spec import FreezeRule
 
 
@@ -135,6 +135,7 @@ SplitEinsumDense = split_class(keras.layers.EinsumDense, _SplitEinsumDense, "Spl
 
 class _EinsumKind(Kind):
     name = "EinsumDense"
+    takes_axis = True
     splits = {keras.layers.EinsumDense: SplitEinsumDense}
 
     def letters(self, layer, rule, where):
@@ -164,27 +165,19 @@ class _EinsumKind(Kind):
 
     def plan(self, layer, rule, where):
         """A checked `KernelPlan` along the rule's units and rows letters."""
-        if rule.bias and layer.bias is None:
-            raise where.error(rule.path + ("bias",), f"layer {rule.layer!r} has no bias (bias_axes=None)")
+        self.check_bias(layer.bias is not None, rule, where, "bias_axes=None")
         units, rows = self.letters(layer, rule, where)
         eq = Equation.parse(layer.equation)
         shape = tuple(int(d) for d in layer.kernel.shape)
-        row_axis, unit_axis = eq.kernel.index(rows), eq.kernel.index(units)
         use_bias = layer.bias is not None
-        plan = KernelPlan(
-            in_dim=shape[row_axis],
-            units=shape[unit_axis],
-            use_bias=use_bias,
-            frozen_units=()
-            if rule.units is None
-            else resolve(rule.units, shape[unit_axis], f"units (axis {units!r})", rule.layer, where),
-            frozen_rows=()
-            if rule.rows is None
-            else resolve(rule.rows, shape[row_axis], f"rows (axis {rows!r})", rule.layer, where),
-            bias_frozen=bool(rule.bias and use_bias),
-            shape=shape,
-            row_axis=row_axis,
-            unit_axis=unit_axis,
+        plan = self.resolve_plan(
+            rule,
+            where,
+            shape,
+            eq.kernel.index(rows),
+            eq.kernel.index(units),
+            (f"units (axis {units!r})", f"rows (axis {rows!r})"),
+            use_bias,
             bias_shape=tuple(int(d) for d in layer.bias.shape) if use_bias else None,
             bias_axis=eq.bias_axis(units, layer.bias_axes) if use_bias else 0,
         )
@@ -218,6 +211,8 @@ def heads_rules(layer, rule, where, find):
     for name, word in PROJECTIONS:
         key = f"{rule.layer}/{name}"
         projection = find(key)
+        if isinstance(projection, SplitEinsumDense):
+            raise where.error(rule.path, f"layer {rule.layer!r} is already split; merge the model first", key=True)
         if type(projection) is not keras.layers.EinsumDense:
             raise where.error(
                 rule.path + ("heads",),
@@ -245,4 +240,5 @@ def heads_rules(layer, rule, where, find):
             f"layer {rule.layer!r} has different head counts ({shown}), e.g. grouped-query attention; "
             "freeze its projections one by one",
         )
+    resolve(rule.heads, counts["query"], "heads", rule.layer, where)  # errors name the attention layer
     return rules

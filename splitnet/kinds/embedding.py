@@ -24,8 +24,7 @@ import numpy as np
 from keras import ops
 
 from splitnet import compat
-from splitnet.kinds.pieces import PER_UNIT_CONSTRAINTS, Kind, Pieces, SplitLayer, _slices, split_class, take
-from splitnet.plan import KernelPlan, resolve, runs
+from splitnet.kinds.pieces import PER_UNIT_CONSTRAINTS, Kind, Pieces, SplitLayer, select, split_class
 
 
 class _SplitEmbedding(SplitLayer):
@@ -77,7 +76,7 @@ class _SplitEmbedding(SplitLayer):
         table = self._tables[0]
         blocks = []
         for block in range(len(table.plan.blocks)):
-            parts = sorted((rows, values[0]) for piece, values, rows in table.each() if piece.block == block)
+            parts = sorted((row_block, values[0]) for piece, values, row_block in table.each() if piece.block == block)
             if parts[0][0] is None:  # one piece holds every token's row
                 blocks.append(ops.take(parts[0][1], inputs, axis=0))
                 continue
@@ -108,8 +107,6 @@ class _SplitReversibleEmbedding(_SplitEmbedding):
         >>> [tuple(w.shape) for w in layer.trainable_weights]
         [(2, 4)]
     """
-
-    kind_name = "Embedding"
 
     @property
     def weight_names(self):
@@ -195,8 +192,8 @@ class _SplitReversibleEmbedding(_SplitEmbedding):
                     if piece.frozen:
                         grads.append(None)
                         continue
-                    tokens = dlogits if piece.rows is None else _columns(dlogits, piece.rows)
-                    features = x if len(piece.cols) == plan.units else _columns(x, piece.cols)
+                    tokens = dlogits if piece.rows is None else select(dlogits, piece.rows, -1)
+                    features = x if len(piece.cols) == plan.units else select(x, piece.cols, -1)
                     tokens = ops.reshape(tokens, (-1, tokens.shape[-1]))
                     features = ops.cast(ops.reshape(features, (-1, features.shape[-1])), tokens.dtype)
                     grads.append(ops.cast(ops.matmul(ops.transpose(tokens), features), kernel.dtype))
@@ -205,11 +202,6 @@ class _SplitReversibleEmbedding(_SplitEmbedding):
             return logits, grad
 
         return forward(inputs, *kernels)
-
-
-def _columns(x, cols):
-    r = runs(cols)
-    return _slices(x, r, -1) if len(r) <= 16 else take(x, np.asarray(cols, dtype="int32"), -1)
 
 
 SplitEmbedding = split_class(keras.layers.Embedding, _SplitEmbedding, "SplitEmbedding")
@@ -232,17 +224,9 @@ class _EmbeddingKind(Kind):
 
     def plan(self, layer, rule, where):
         """A checked `KernelPlan`: rows are token ids, units embedding dimensions."""
-        if rule.bias:
-            raise where.error(rule.path + ("bias",), f"layer {rule.layer!r} is an embedding; it has no bias")
-        vocabulary, dimensions = int(layer.input_dim), int(layer.output_dim)
-        plan = KernelPlan(
-            in_dim=vocabulary,
-            units=dimensions,
-            use_bias=False,
-            frozen_units=() if rule.units is None else resolve(rule.units, dimensions, "dimensions", rule.layer, where),
-            frozen_rows=() if rule.rows is None else resolve(rule.rows, vocabulary, "token ids", rule.layer, where),
-            bias_frozen=False,
-        )
+        self.check_bias(False, rule, where, "an embedding")
+        shape = (int(layer.input_dim), int(layer.output_dim))
+        plan = self.resolve_plan(rule, where, shape, 0, 1, ("dimensions", "token ids"), False)
         self.check_common(layer, rule, where, regularized=("embeddings",))
         constraint = layer.embeddings_constraint
         if constraint is not None and not plan.fully_frozen and not isinstance(constraint, keras.constraints.NonNeg):

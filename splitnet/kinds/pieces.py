@@ -21,7 +21,7 @@ from keras import ops
 
 from splitnet import compat
 from splitnet.errors import ModelError
-from splitnet.plan import KernelPlan, format_indices, runs
+from splitnet.plan import KernelPlan, format_indices, join_order, resolve, runs
 
 NOTE = "splitnet_split"  # the dataset a split layer writes beside its weights
 
@@ -63,23 +63,21 @@ def take(x, index, axis):
     return ops.transpose(ops.take(ops.transpose(x), index, axis=0))
 
 
-def _select(x, index, axis):
-    """`x` at the given units along `axis`: `index` is (runs, array)."""
-    segments, array = index
-    return _slices(x, segments, axis) if len(segments) <= MAX_SLICES else take(x, array, axis)
+def select(x, indices, axis):
+    """`x[..., indices, ...]` along `axis`: slices when the indices are a few runs, else a gather."""
+    segments = runs(indices)
+    if len(segments) <= MAX_SLICES:
+        return _slices(x, segments, axis)
+    return take(x, np.asarray(indices, dtype="int32"), axis)
 
 
 def permute(x, perm, inverse, axis):
     """`take(x, perm, axis)` whose gradient is the inverse gather, not a scatter-add."""
+    import tensorflow as tf  # the custom gradients here are TensorFlow's
 
-    @ops.custom_gradient
+    @tf.custom_gradient
     def forward(x):
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            return take(upstream, inverse, axis)
-
-        return take(x, perm, axis), grad
+        return take(x, perm, axis), lambda upstream: take(upstream, inverse, axis)
 
     return forward(x)
 
@@ -92,8 +90,6 @@ class Join:
     """
 
     def __init__(self, blocks, size):
-        from splitnet.plan import join_order
-
         self.segments, perm = join_order(blocks, size)
         self.perm = np.asarray(perm, dtype="int32")
         self.inverse = np.argsort(self.perm).astype("int32")
@@ -196,7 +192,7 @@ class Pieces:
             )
 
     def each(self):
-        """`(piece, [kernel (, bias)], row block or None)` for every piece."""
+        """`(piece, [kernel (, bias)], index of its row block or None)` for every piece."""
         return zip(self.plan.pieces, self.variables, self.piece_rows)
 
     # -- computing --------------------------------------------------------------
@@ -233,8 +229,8 @@ class Pieces:
         if views is None:
             views = self.row_views(x, in_axis) if self.row_runs else []
         blocks = [None] * len(self.plan.blocks)
-        for piece, values, rows in self.each():
-            y = product(x if rows is None else views[rows], values[0])
+        for piece, values, row_block in self.each():
+            y = product(x if row_block is None else views[row_block], values[0])
             blocks[piece.block] = y if blocks[piece.block] is None else ops.add(blocks[piece.block], y)
         # Each block's bias is added once, after its pieces are summed: a
         # BiasAdd feeding an Add is a pattern TensorFlow's oneDNN rewrite
@@ -275,7 +271,7 @@ class Pieces:
         # input's dtype as Keras' autocasting would (mixed precision).
         kernels = [ops.cast(tf.convert_to_tensor(values[0].value), x.dtype) for values in self.variables]
         piece_shapes = [plan.piece_shape(piece) for piece in plan.pieces]
-        unit_index = [None if len(cols) == plan.units else (runs(cols), np.asarray(cols, "int32")) for cols in plan.blocks]
+        unit_index = [None if len(cols) == plan.units else cols for cols in plan.blocks]
 
         @tf.custom_gradient
         def forward(x, *kernels):
@@ -285,13 +281,13 @@ class Pieces:
             def grad(dy):
                 views = self.row_views(x, in_axis) if self.row_runs else []
                 grads = []
-                for piece, rows, shape in zip(plan.pieces, self.piece_rows, piece_shapes):
+                for piece, row_block, shape in zip(plan.pieces, self.piece_rows, piece_shapes):
                     if piece.frozen:
                         grads.append(None)
                         continue
                     index = unit_index[piece.block]
-                    dy_units = dy if index is None else _select(dy, index, out_axis)
-                    grads.append(kernel_grad(x if rows is None else views[rows], dy_units, shape))
+                    dy_units = dy if index is None else select(dy, index, out_axis)
+                    grads.append(kernel_grad(x if row_block is None else views[row_block], dy_units, shape))
                 return (input_grad(x, kernel, dy), *grads)
 
             return y, grad
@@ -310,7 +306,7 @@ class Pieces:
         plan = self.plan
         blocks = []
         for block in range(len(plan.blocks)):
-            parts = [(rows, k) for piece, k, rows in zip(plan.pieces, kernels, self.piece_rows) if piece.block == block]
+            parts = [(row_block, k) for piece, k, row_block in zip(plan.pieces, kernels, self.piece_rows) if piece.block == block]
             if parts[0][0] is None:  # one piece reads every row
                 blocks.append(parts[0][1])
                 continue
@@ -523,6 +519,7 @@ class Kind:
     name = None
     splits = {}
     note = NOTE
+    takes_axis = False  # whether a rule may pick its axes by `axis: LETTER`
 
     @property
     def plains(self):
@@ -533,6 +530,33 @@ class Kind:
         return tuple(self.splits.values())
 
     # -- checks shared by kinds -------------------------------------------------------
+
+    @staticmethod
+    def resolve_plan(rule, where, shape, row_axis, unit_axis, nouns, use_bias, **bias):
+        """The `KernelPlan` of `rule` on a kernel of `shape`, its index sets resolved.
+
+        `nouns`: what units and rows are called in messages ("filters", ...);
+        `bias`: `bias_shape` and `bias_axis` for a bias that is not `(units,)`.
+        """
+        in_dim, units = shape[row_axis], shape[unit_axis]
+        plain_2d = len(shape) == 2 and (row_axis, unit_axis) == (0, 1)
+        return KernelPlan(
+            in_dim=in_dim,
+            units=units,
+            use_bias=use_bias,
+            frozen_units=() if rule.units is None else resolve(rule.units, units, nouns[0], rule.layer, where),
+            frozen_rows=() if rule.rows is None else resolve(rule.rows, in_dim, nouns[1], rule.layer, where),
+            bias_frozen=bool(rule.bias and use_bias),
+            shape=None if plain_2d else tuple(shape),
+            row_axis=row_axis,
+            unit_axis=unit_axis,
+            **bias,
+        )
+
+    @staticmethod
+    def check_bias(has_bias, rule, where, why="use_bias=False"):
+        if rule.bias and not has_bias:
+            raise where.error(rule.path + ("bias",), f"layer {rule.layer!r} has no bias ({why})")
 
     @staticmethod
     def check_common(layer, rule, where, regularized=("kernel", "bias")):
