@@ -26,10 +26,12 @@ def frozen_masks(model):
             (e.g. `trainable = False`) are reported.
 
     Returns:
-        `{layer_key: {"kernel": bool array, "bias": bool array}}` with True
-        where the entry is frozen, for every layer of a splittable kind that
-        has frozen entries. Keys are paths: `outer/inner` inside nested
-        models and layers. "bias" has shape (0,) for a layer without bias.
+        `{layer_key: {weight name: bool array}}` with True where the entry
+        is frozen, for every layer of a splittable kind that has frozen
+        entries: "kernel" and "bias" (shape (0,) without bias) for Dense,
+        Conv and EinsumDense; "embeddings" (and an untied
+        ReversibleEmbedding's "reverse_embeddings") for embeddings. Keys are
+        paths: `outer/inner` inside nested models and layers.
         A piece counts as frozen when `fit` would not train it, whatever
         the reason (the plan, or `trainable = False` on it or a parent).
 

@@ -110,6 +110,7 @@ def plot_masks(model, path):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ImportError("--plot needs matplotlib: python -m pip install matplotlib (or the [plot] extra)") from None
     masks = frozen_masks(model)
@@ -121,10 +122,12 @@ def plot_masks(model, path):
         layer = layers[key]
         picture = kinds.any_kind_of(layer).picture(layer, mask)
         ax.imshow(picture, cmap="Greys", vmin=0, vmax=1.6, aspect="auto", interpolation="nearest")
-        frozen = int(sum(m.sum() for m in mask.values()))
-        ax.set_title(f"{key}: {frozen:,} of {sum(m.size for m in mask.values()):,} entries frozen")
+        kernel = next(iter(mask.values()))  # what the picture shows
+        ax.set_title(f"{key}\n{int(kernel.sum()):,} of {kernel.size:,} kernel entries frozen", fontsize=9)
         ax.set_xlabel("unit")
         ax.set_ylabel("row")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle("kernel: dark = frozen, light = trainable", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -2,7 +2,12 @@
 
 The kernel has shape (*kernel_size, in_channels, filters): `units` select
 `kernel[..., :, j]` (and `bias[j]`), `rows` select `kernel[..., i, :]`.
-Each piece is a convolution of the input channels it reads with its filters;
+
+A Conv2D convolves with its whole kernel, assembled from the pieces each
+step, and its gradient computes the weight gradient of the trainable
+pieces only (`Pieces.apply_whole`): narrower convolutions run slower per
+filter on CPU than one whole one. Elsewhere (Conv1D, Conv3D, dilation) each
+piece is a convolution of the input channels it reads with its filters;
 pieces of the same filters are summed (a convolution is linear in its input
 channels), and the filter blocks are joined in the original order.
 """

@@ -7,10 +7,9 @@ by selecting, per token id, the piece that holds its row; the dimension
 blocks are joined in the original order.
 
 A tied ReversibleEmbedding (`reverse=True`, the language model's output
-layer) computes `x @ table.T` with the same pieces: there the token rows are
-output units and the dimensions are summed over, so the frozen tokens'
-logits come from frozen pieces and only the trainable rows get a weight
-gradient. An untied one's `reverse_embeddings` (dimensions x vocabulary) is
+layer) computes `x @ table.T` with the table assembled from the same pieces
+(one product, logits in token order), and a gradient that gives only the
+trainable rows a weight gradient. An untied one's `reverse_embeddings` (dimensions x vocabulary) is
 split the same way: the rule's token ids are its frozen columns and the
 rule's dimensions its frozen rows.
 """
