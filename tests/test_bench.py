@@ -28,3 +28,12 @@ def test_bench_quick(tmp_path):
         assert opt["split"] == round(opt["unsplit"] * trainable_fraction)
         assert opt["mask"] == opt["unsplit"]
     assert report["merge"]["merged_over_unsplit_predict"] > 0
+    # The layer kinds: frozen entries exact, the mask recipe's moved, optimizer state the trainable fraction.
+    assert {row["scenario"].split()[0] for row in report["kinds"]} == {"Embedding", "Tied", "Conv2D", "MultiHeadAttention"}
+    for row in report["kinds"]:
+        assert row["split_frozen_changed"] == 0 and row["mask_frozen_changed"] > 0, row["scenario"]
+        opt = row["optimizer_bytes"]
+        trainable = opt["unsplit"] / 8 - row["frozen_entries"]  # Adam: 2 floats per trainable entry
+        assert opt["split"] == 8 * trainable, row["scenario"]
+        assert row["merged_over_unsplit_predict"] > 0
+    assert "| scenario | unsplit ms | split/unsplit | mask/unsplit | other recipe |" in result.stdout
