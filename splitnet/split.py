@@ -67,10 +67,7 @@ def plan_layers(model, rules, where):
     trainable = tree.trainable_ids(model)
     targets = {}
     for rule in _expand_heads(model, rules, where):
-        layer = tree.find(model, rule.layer)
-        if layer is None:
-            hint = spec_lib.suggest(rule.layer, splittable_keys(model))
-            raise where.error(rule.path, f"no layer {rule.layer!r} in model {model.name!r}{hint}", key=True)
+        layer = _layer_at(model, rule, where, splittable_keys)
         if kinds.split_kind_of(layer):
             raise where.error(rule.path, f"layer {rule.layer!r} is already split; merge the model first", key=True)
         kind = kinds.kind_of(layer)
@@ -113,12 +110,18 @@ def _expand_heads(model, rules, where):
         if rule.heads is None:
             out.append(rule)
             continue
-        layer = tree.find(model, rule.layer)
-        if layer is None:
-            hint = spec_lib.suggest(rule.layer, [key for key, _ in tree.walk(model)])
-            raise where.error(rule.path, f"no layer {rule.layer!r} in model {model.name!r}{hint}", key=True)
+        layer = _layer_at(model, rule, where, lambda m: [key for key, _ in tree.walk(m)])
         out += kinds.heads_rules(layer, rule, where, lambda key: tree.find(model, key))
     return out
+
+
+def _layer_at(model, rule, where, candidates):
+    """The layer a rule names; else a SpecError suggesting the closest of `candidates(model)`."""
+    layer = tree.find(model, rule.layer)
+    if layer is None:
+        hint = spec_lib.suggest(rule.layer, candidates(model))
+        raise where.error(rule.path, f"no layer {rule.layer!r} in model {model.name!r}{hint}", key=True)
+    return layer
 
 
 def split_in_place(model, rules, where):

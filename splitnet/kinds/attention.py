@@ -22,7 +22,6 @@ from __future__ import annotations
 import types
 
 import keras
-from keras import ops
 
 from splitnet import compat, tree
 

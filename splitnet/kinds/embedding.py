@@ -23,7 +23,7 @@ import numpy as np
 from keras import ops
 
 from splitnet import compat
-from splitnet.kinds.pieces import PER_UNIT_CONSTRAINTS, Kind, Pieces, SplitLayer, select, split_class
+from splitnet.kinds.pieces import PER_UNIT_CONSTRAINTS, Kind, Pieces, SplitLayer, assembled, select, split_class
 
 
 class _SplitEmbedding(SplitLayer):
@@ -62,12 +62,9 @@ class _SplitEmbedding(SplitLayer):
     def _add_split_variables(self):
         self._tables[0].add_variables(self, self.embeddings_regularizer, self.embeddings_constraint)
 
-    @property
-    def embeddings(self):
-        """The whole table, assembled from the pieces (for code that reads it)."""
-        if "_embeddings" in self.__dict__:  # the plain build's, until `build` replaces it
-            return self.__dict__["_embeddings"]
-        return self._tables[0].kernel()
+    embeddings = assembled(
+        "_embeddings", 0, Pieces.kernel, "The whole table, assembled from the pieces (for code that reads it).", settable=False
+    )
 
     def _lookup(self, inputs):
         if inputs.dtype not in ("int32", "int64"):
@@ -125,17 +122,7 @@ class _SplitReversibleEmbedding(_SplitEmbedding):
         if not self.tie_weights:
             self._tables[1].add_variables(self)
 
-    @property
-    def reverse_embeddings(self):
-        """The untied reverse kernel, assembled from its pieces."""
-        if "reverse_embeddings" in self.__dict__ or not self._tables[1].variables:  # in the plain build
-            return self.__dict__.get("reverse_embeddings")
-        return self._tables[1].kernel()
-
-    @reverse_embeddings.setter
-    def reverse_embeddings(self, value):
-        # Only the plain layer's `build` sets it; `build` then drops it.
-        self.__dict__["reverse_embeddings"] = value
+    reverse_embeddings = assembled("reverse_embeddings", 1, Pieces.kernel, "The untied reverse kernel, assembled from its pieces.")
 
     def call(self, inputs, reverse=False):
         if not reverse:

@@ -362,6 +362,27 @@ class Pieces:
         return kernel, bias
 
 
+def assembled(name, table, assemble, doc, settable=True):
+    """A property for a weight of the plain layer that the split layer assembles from pieces.
+
+    While the plain layer's `build` runs (in `SplitLayer.build`, before the
+    pieces exist) it reads and, if `settable`, sets the value the plain build
+    keeps under `name`; `SplitLayer.build` then drops that value. After, it is
+    `assemble(self._tables[table])`, with `ops`, so code that reads it (tied
+    weights) works in traced functions and its gradient reaches the pieces.
+    """
+
+    def get(self):
+        if name in self.__dict__ or not self._tables[table].variables:
+            return self.__dict__.get(name)
+        return assemble(self._tables[table])
+
+    def set_(self, value):
+        self.__dict__[name] = value
+
+    return property(get, set_ if settable else None, doc=doc)
+
+
 class SplitLayer:
     """Mixin of every split layer class: a plain Keras layer whose weights are held in `Pieces`.
 
@@ -482,17 +503,7 @@ class KernelSplitLayer(SplitLayer):
         """The plain layer's kernel, assembled from the pieces (for code that reads it)."""
         return self._tables[0].kernel()
 
-    @property
-    def bias(self):
-        """The plain layer's bias, assembled like `kernel` (None without bias)."""
-        if "bias" in self.__dict__ or not self._tables[0].variables:  # in the plain build
-            return self.__dict__.get("bias")
-        return self._tables[0].bias_value()
-
-    @bias.setter
-    def bias(self, value):
-        # Only the plain layer's `build` sets it; `build` then drops it.
-        self.__dict__["bias"] = value
+    bias = assembled("bias", 0, Pieces.bias_value, "The plain layer's bias, assembled like `kernel` (None without bias).")
 
 
 def split_class(plain, base, registered):
