@@ -42,6 +42,34 @@ def sublayers(layer):
     return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
+def graph_of(model):
+    """The Functional graph that runs `model` (itself, or a Sequential's), or None.
+
+    Keras keeps a built Sequential's graph in `_functional`; no public API
+    exposes it.
+    """
+    if isinstance(model, Functional):
+        return model
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    return None
+
+
+def graph_nodes(graph):
+    """The nodes of a Functional graph, each after the nodes it reads from.
+
+    Public API has `graph.operations` but not the calls (nodes) themselves,
+    which a layer called twice has two of.
+    """
+    by_depth = graph._nodes_by_depth
+    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
+
+
+def node_kwargs(node):
+    """The keyword arguments a layer was called with in a graph (`reverse=True`, ...)."""
+    return dict(node.arguments.kwargs)
+
+
 def set_keras_mask(x, mask):
     """Attach a mask to a tensor, as `ReversibleEmbedding.call` does (not exported by Keras)."""
     from keras.src.backend import set_keras_mask as set_mask
@@ -265,6 +293,9 @@ def check():
         "MultiHeadAttention._compute_attention_mask": lambda: mha._compute_attention_mask,
         "MultiHeadAttention._use_gate": lambda: mha._use_gate,
         "MultiHeadAttention._sliding_window": lambda: mha.__dict__["_sliding_window"],
+        "Functional._nodes_by_depth": lambda: graph_nodes(model),
+        "Node.arguments.kwargs": lambda: node_kwargs(graph_nodes(model)[-1]),
+        "Sequential._functional": lambda: graph_of(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])).inputs,
         "backend.get_keras_mask": lambda: __import__("keras.src.backend", fromlist=["get_keras_mask"]).get_keras_mask,
     }
     # `kinds/attention.py` replaces `MultiHeadAttention.call` on split instances

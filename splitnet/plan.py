@@ -166,6 +166,8 @@ class KernelPlan:
         row_axis, unit_axis: Where rows and units are in `shape`.
         bias_shape: The bias's shape; None for (units,).
         bias_axis: The units axis in the bias, or None for a bias without one.
+        grown_from: `(rows, units)` the layer had before `grow_model` made it
+            bigger (entries beyond them are new), or None.
 
     Example:
         >>> plan = KernelPlan(in_dim=4, units=3, use_bias=True,
@@ -187,6 +189,7 @@ class KernelPlan:
     unit_axis: int = 1
     bias_shape: tuple | None = None
     bias_axis: int | None = 0
+    grown_from: tuple | None = None
 
     @property
     def kernel_shape(self):
@@ -403,6 +406,7 @@ class KernelPlan:
             frozen_units=self.frozen_rows,
             frozen_rows=self.frozen_units,
             bias_frozen=False,
+            grown_from=None if self.grown_from is None else self.grown_from[::-1],
         )
 
     def get_config(self):
@@ -418,6 +422,8 @@ class KernelPlan:
             config.update(shape=list(self.shape), row_axis=self.row_axis, unit_axis=self.unit_axis)
         if self.bias_shape is not None or self.bias_axis != 0:
             config.update(bias_shape=None if self.bias_shape is None else list(self.bias_shape), bias_axis=self.bias_axis)
+        if self.grown_from is not None:
+            config["grown_from"] = list(self.grown_from)
         return config
 
     @classmethod
@@ -425,7 +431,7 @@ class KernelPlan:
         config = dict(config)
         for key in ("frozen_units", "frozen_rows"):
             config[key] = from_runs(config.get(key, ()))
-        for key in ("shape", "bias_shape"):
+        for key in ("shape", "bias_shape", "grown_from"):
             if config.get(key) is not None:
                 config[key] = tuple(config[key])
         return cls(**config)

@@ -121,7 +121,7 @@ def _compile(model, compile_config):
     model.compile(**keras.saving.deserialize_keras_object(compile_config))
 
 
-def _recompile(copy, original):
+def recompile(copy, original):
     """Compile `copy` as `original` is compiled, with a fresh optimizer (not built:
     `split_model` changes the variables first)."""
     if getattr(original, "compiled", False) and original.get_compile_config():
@@ -216,21 +216,29 @@ def _copy(model, plain):
         copy = _copy_by_archive(model, plain)
     if copy is None:
         copy = _copy_by_cloning(model, plain)
-    _recompile(copy, model)
+    recompile(copy, model)
     return copy
+
+
+def rebuild(model, config):
+    """A new model from `config`, a (changed) serialization of `model`; not compiled.
+
+    The model is the caller's own object, not a file from elsewhere, so
+    nothing untrusted is deserialized (`safe_mode=False` lets Lambda layers
+    be copied).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have a `build\\(\\)` method")
+            return keras.saving.deserialize_keras_object(config, custom_objects=_classes(model), safe_mode=False)
+    except Exception as exc:  # noqa: BLE001
+        raise _cannot_copy(model, "Keras cannot rebuild it from its config", exc) from exc
 
 
 def _copy_by_config(model, plain):
     config = keras.saving.serialize_keras_object(model)
-    config.pop("compile_config", None)  # compiled by `_recompile`, with a fresh optimizer
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have a `build\\(\\)` method")
-            copy = keras.saving.deserialize_keras_object(
-                _plain_config(config) if plain else config, custom_objects=_classes(model), safe_mode=False
-            )
-    except Exception as exc:  # noqa: BLE001
-        raise _cannot_copy(model, "Keras cannot rebuild it from its config", exc) from exc
+    config.pop("compile_config", None)  # compiled by `recompile`, with a fresh optimizer
+    copy = rebuild(model, _plain_config(config) if plain else config)
     return copy if _fill(model, copy, plain) else None
 
 
@@ -248,7 +256,7 @@ def _copy_by_archive(model, plain):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Skipping nested container")
                 # A model that compiles itself (keras-hub tasks) has an optimizer
-                # now, which cannot take the saved state; `_recompile` replaces it.
+                # now, which cannot take the saved state; `recompile` replaces it.
                 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
                 # The model is the caller's own object, not a file from elsewhere:
                 # nothing untrusted is deserialized, so Lambda layers may be copied.

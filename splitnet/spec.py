@@ -25,9 +25,11 @@ import yaml
 
 from splitnet.errors import SpecError
 
-_TOP_KEYS = ("model", "base", "freeze", "train")
+_TOP_KEYS = ("model", "base", "grow", "freeze", "train")
 _MODEL_KEYS = ("name", "input_shape", "input_dtype", "layers")
 _FREEZE_KEYS = ("units", "rows", "bias", "axis", "heads")
+_GROW_KEYS = ("units", "rows", "init", "old")
+GROW_INITS = ("layer", "zeros", "mean")
 _TRAIN_KEYS = ("data", "loss", "optimizer", "metrics", "epochs", "batch_size", "seed")
 # Layers a spec may not name: Lambda runs arbitrary code, the others are not
 # layers of a stack.
@@ -123,6 +125,20 @@ class FreezeRule:
 
 
 @dataclasses.dataclass(frozen=True)
+class GrowRule:
+    """How much one layer grows: `units` (outputs) and `rows` (inputs; an
+    embedding's tokens) to add, how new outputs start (`init`), and whether
+    the old entries stay frozen (`old: frozen`, the default) or train."""
+
+    layer: str
+    units: int
+    rows: int
+    init: str
+    freeze_old: bool
+    path: tuple
+
+
+@dataclasses.dataclass(frozen=True)
 class LayerSpec:
     """One layer of a `model.layers` stack: a Keras class name and its arguments."""
 
@@ -165,6 +181,7 @@ class Spec:
     Attributes:
         model: The layer stack to build, or None when `base` is given.
         base: Path of a saved `.keras` model to split, or None.
+        grow: One `GrowRule` per layer named in `grow`, in spec order.
         freeze: One `FreezeRule` per layer named in `freeze`, in spec order.
         train: Training settings.
         where: Locates key paths in the spec file for error messages.
@@ -175,6 +192,7 @@ class Spec:
     freeze: tuple
     train: TrainSpec
     where: Where = dataclasses.field(repr=False, compare=False, default_factory=Where)
+    grow: tuple = ()
 
     @property
     def source(self):
@@ -370,6 +388,39 @@ def parse_freeze(value, where, path=("freeze",)):
                 heads=None if heads is None else parse_index_set(heads, sub + ("heads",), where),
             )
         )
+    return tuple(rules)
+
+
+def parse_grow(value, where, path=("grow",)):
+    """Check a `grow` mapping (layer name -> units/rows/init/old); return a tuple of `GrowRule`."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping) or not value:
+        raise where.error(path, f"expected a mapping of layer name -> units/rows to add, got {_type_name(value)}")
+    rules = []
+    for name, entry in value.items():
+        sub = path + (name,)
+        if not isinstance(name, str) or not name:
+            raise where.error(sub, f"a layer name must be a non-empty string, got {name!r}", key=True)
+        if entry is None or (isinstance(entry, Mapping) and not entry):
+            raise where.error(sub, "nothing to grow; give units and/or rows (how many to add)")
+        _check_mapping(entry, sub, where, _GROW_KEYS, "units/rows/init/old")
+        counts = {}
+        for key in ("units", "rows"):
+            count = entry.get(key, 0)
+            count = int(count) if isinstance(count, np.integer) else count
+            if key in entry and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+                raise where.error(sub + (key,), f"expected how many {key} to add (a positive integer), got {count!r}")
+            counts[key] = count
+        if not counts["units"] and not counts["rows"]:
+            raise where.error(sub, "nothing to grow; give units and/or rows (how many to add)")
+        init = entry.get("init", "layer")
+        if init not in GROW_INITS:
+            raise where.error(sub + ("init",), f"expected one of {', '.join(GROW_INITS)}, got {init!r}{suggest(init, GROW_INITS)}")
+        old = entry.get("old", "frozen")
+        if old not in ("frozen", "trainable"):
+            raise where.error(sub + ("old",), f"expected frozen or trainable, got {old!r}")
+        rules.append(GrowRule(name, counts["units"], counts["rows"], init, old == "frozen", sub))
     return tuple(rules)
 
 
@@ -580,8 +631,8 @@ def load_spec(spec):
         raise TypeError(f"load_spec expects a path or a mapping, got {type(spec).__name__}")
 
     if data is None:
-        raise where.error((), "the spec is empty; it needs `model` or `base`, and `freeze`")
-    _check_mapping(data, (), where, _TOP_KEYS, "model/base/freeze/train")
+        raise where.error((), "the spec is empty; it needs `model` or `base`, and `freeze` or `grow`")
+    _check_mapping(data, (), where, _TOP_KEYS, "model/base/grow/freeze/train")
     has_model, has_base = "model" in data, "base" in data
     if has_model == has_base:
         raise where.error(
@@ -595,6 +646,7 @@ def load_spec(spec):
         if not isinstance(data["base"], str) or not data["base"]:
             raise where.error(("base",), f"expected the path of a .keras file, got {data['base']!r}")
         base = _resolve(data["base"], folder)
+    grow = parse_grow(data.get("grow"), where)
     freeze = parse_freeze(data.get("freeze"), where)
     train = _parse_train(data.get("train"), where, folder)
-    return Spec(model=model, base=base, freeze=freeze, train=train, where=where)
+    return Spec(model=model, base=base, freeze=freeze, train=train, where=where, grow=grow)

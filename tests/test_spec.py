@@ -128,7 +128,7 @@ def test_python_tag_is_not_executed(tmp_path):
     "text, message",
     [
         ("", "s.yaml: the spec is empty"),
-        ("- 1\n", "expected a mapping of model/base/freeze/train, got list"),
+        ("- 1\n", "expected a mapping of model/base/grow/freeze/train, got list"),
         ("freeze: {}\n", "give exactly one of `model`"),
         ("base: 3\n", "base: expected the path of a .keras file, got 3"),
     ],

@@ -95,6 +95,7 @@ SplitConv3D = split_class(keras.layers.Conv3D, _SplitConv, "SplitConv3D")
 class _ConvKind(Kind):
     name = "Conv"
     splits = {keras.layers.Conv1D: SplitConv1D, keras.layers.Conv2D: SplitConv2D, keras.layers.Conv3D: SplitConv3D}
+    units_key = "filters"
 
     def plan(self, layer, rule, where):
         """A checked `KernelPlan`: rows along the input-channel axis, units along the filter axis."""

@@ -52,6 +52,7 @@ SplitDense.__doc__ = _SplitDense.__doc__
 class _DenseKind(Kind):
     name = "Dense"
     splits = {keras.layers.Dense: SplitDense}
+    units_key = "units"
 
     def plan(self, layer, rule, where):
         """A checked `KernelPlan` for `rule` (a `spec.FreezeRule`) on a built Dense."""

@@ -185,6 +185,20 @@ class _EinsumKind(Kind):
         self.check_constraints(layer, rule, plan, where, per_unit_axes=())
         return plan
 
+    def grow_config(self, layer, plan, config, units, rows):
+        """`output_shape` (the output's sizes after the batch axis, or after "...") grows."""
+        eq = Equation.parse(layer.equation)
+        shape = config["output_shape"]
+        shape = list(shape) if isinstance(shape, (list, tuple)) else [shape]
+        letter = eq.kernel[plan.unit_axis]
+        shape[eq.output.index(letter) - (0 if eq.output_left_elided else 1)] += units
+        return {**config, "output_shape": shape}
+
+    def grow_flow(self, layer, plan):
+        eq = Equation.parse(layer.equation)
+        rows, units = eq.kernel[plan.row_axis], eq.kernel[plan.unit_axis]
+        return eq.inputs.index(rows) - len(eq.inputs), eq.output.index(units) - len(eq.output)
+
 
 KIND = _EinsumKind()
 

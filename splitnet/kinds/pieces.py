@@ -710,6 +710,33 @@ class Kind:
             front = mask.reshape((-1, mask.shape[-1])) if mask.ndim != 2 else mask
         return front.reshape(front.shape[:2] + (-1,)).mean(axis=-1)
 
+    # -- growing (see `splitnet.grow`) -------------------------------------------------
+
+    units_key = None  # the config argument that counts the units ("units", "filters")
+
+    def grow_config(self, layer, plan, config, units, rows):
+        """`config` with `units` more units (rows that come from the input need no change)."""
+        return {**config, self.units_key: config[self.units_key] + units}
+
+    def grow_roles(self, layer, plan):
+        """How each weight (in `merged_weights` order) grows: `{axis: (count, role)}`.
+
+        `count` ("rows" or "units") is how much the axis grows by. `role` is
+        "in" for an axis of inputs: its new entries start at zero where they
+        meet old outputs, so old outputs do not change; "out" for an axis of
+        outputs: new entries start from the rule's `init`; "mean": an "out"
+        axis that `init: mean` averages over.
+        """
+        roles = [{plan.row_axis: ("rows", "in"), plan.unit_axis: ("units", "mean")}]
+        if plan.use_bias:
+            roles.append({} if plan.bias_axis is None else {plan.bias_axis: ("units", "mean")})
+        return roles
+
+    def grow_flow(self, layer, plan):
+        """`(input axis, output axis)` that carry the layer's rows and units, counted from
+        the end; None where they are not a tensor axis (an embedding's token ids)."""
+        return -1, -1
+
     def plain_entry(self, entry):
         """A serialized split layer -> the serialized plain layer it was split from."""
         config = {k: v for k, v in entry["config"].items() if k not in ("split", "plain")}
