@@ -19,6 +19,7 @@ _PUBLIC = {
     "SpecError": "splitnet.errors",
     "SplitnetError": "splitnet.errors",
     "export_saved_model": "splitnet.export",
+    "grow_model": "splitnet.grow",
     "SplitDense": "splitnet.kinds.dense",
     "SplitEinsumDense": "splitnet.kinds.einsum",
     "SplitConv1D": "splitnet.kinds.conv",

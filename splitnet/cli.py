@@ -293,7 +293,8 @@ def verify(before, after):
     """Check that every frozen entry of AFTER equals BEFORE, bit for bit.
 
     The frozen masks come from the split model (BEFORE, or AFTER if only
-    it is split), so AFTER may be split or merged. Exits 0 when all
+    it is split), so AFTER may be split or merged. AFTER may also be BEFORE
+    grown (a `grow:` spec): the old entries are checked, the new counted. Exits 0 when all
     frozen entries are intact, 1 listing the first changed ones otherwise.
     Also counts how many of the model's trainable entries (in every layer)
     training moved.
@@ -302,6 +303,7 @@ def verify(before, after):
     Example:
       splitnet verify split.keras trained.keras
       splitnet verify split.keras merged.keras
+      splitnet verify base.keras runs/grown/split.keras
     """
     splitnet = _library()
     from splitnet.files import load_keras
@@ -312,9 +314,11 @@ def verify(before, after):
             f"FAILED: {check.changed:,} of {check.frozen:,} frozen entries changed; first: {check.describe_first()}"
         )
         raise SystemExit(EXIT_FAILURE)
+    layers = "layer" if len(check.grown) == 1 else "layers"
+    grown = f"; {check.new:,} new entries in the grown {layers} {', '.join(check.grown)}" if check.grown else ""
     click.echo(
         f"OK: all {check.frozen:,} frozen entries are bit-identical; "
-        f"{check.moved:,} of {check.trainable:,} trainable entries moved"
+        f"{check.moved:,} of {check.trainable:,} trainable entries moved{grown}"
     )
 
 

@@ -215,6 +215,7 @@ def build_model(spec):
     Returns:
         The split `keras.Model` (not compiled). With `base`, the saved model's
         weights are kept; with `model`, the stack is freshly initialized.
+        With `grow`, the model is grown first (see `splitnet.grow_model`).
 
     Raises:
         SpecError: the spec is invalid or does not fit the model.
@@ -236,6 +237,10 @@ def build_model(spec):
             raise spec.where.error(("model", "layers"), f"cannot build the model: {spec_lib.first_line(exc)}") from None
     else:
         model = load_base(spec.base, spec.where)
+    if spec.grow:
+        from splitnet.grow import grown
+
+        return grown(model, spec.grow, spec.freeze, spec.where)
     # The model is splitnet's own here (just built or loaded): split it in place.
     return split_in_place(model, spec.freeze, spec.where)
 

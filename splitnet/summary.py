@@ -80,6 +80,10 @@ def format_table(info):
         ]
         for r in info["layers"]
     ]
+    if any(r.get("grown") for r in info["layers"]):  # a grown model: what is new
+        head.append("grown")
+        for row, r in zip(body, info["layers"]):
+            row.append(r.get("grown") or "-")
     widths = [max(len(str(row[i])) for row in [head] + body) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head] + body]
     total = info["params"]

@@ -36,6 +36,8 @@ class FrozenCheck:
         trainable: Entries that `fit` trains, in every layer of the model.
         moved: Trainable entries that differ (training moved them).
         first: Up to 5 changed frozen entries: `(layer, weight name, index, before, after)`.
+        new: Entries AFTER has beyond BEFORE's shapes (a grown model's new entries).
+        grown: Keys of the layers whose weights grew.
     """
 
     frozen: int = 0
@@ -43,6 +45,8 @@ class FrozenCheck:
     trainable: int = 0
     moved: int = 0
     first: list = dataclasses.field(default_factory=list)
+    new: int = 0
+    grown: list = dataclasses.field(default_factory=list)
 
     def describe_first(self):
         # A numpy scalar prints as the shortest text that reads back as the same
@@ -59,6 +63,7 @@ class LayerWeights:
     values: list
     frozen: list  # bool masks: frozen entries (splittable layers only)
     trained: list  # bool masks: entries `fit` trains
+    splittable: bool = False
 
 
 def snapshot(model):
@@ -80,7 +85,7 @@ def snapshot(model):
             masks = kind.masks(layer, trainable) or {}
             names = list(kind.weight_names_of(layer))
             frozen = [_mask(masks.get(name), value.shape) for name, value in zip(names, values)]
-            out.append(LayerWeights(key, names, values, frozen, [~f for f in frozen]))
+            out.append(LayerWeights(key, names, values, frozen, [~f for f in frozen], splittable=True))
             continue
         weights = tree.own_weights(layer)
         if not weights:
@@ -140,7 +145,7 @@ def pair(before, after):
     pairs += list(zip(rest_old, rest_new))
     for old, new in pairs:
         shapes = [v.shape for v in old.values], [v.shape for v in new.values]
-        if shapes[0] != shapes[1]:
+        if shapes[0] != shapes[1] and not all(map(_grown, *shapes)):
             raise InputError(
                 f"layer {old.key!r} has weights of shapes {shapes[0]} in BEFORE but {shapes[1]} in AFTER"
                 + ("" if old.key == new.key else f" (layer {new.key!r})")
@@ -149,12 +154,21 @@ def pair(before, after):
     return pairs
 
 
-def compare(before, after):
+def _grown(before, after):
+    """Whether shape `after` is `before` grown (`grow_model` appends at the ends of axes)."""
+    return len(before) == len(after) and all(a >= b for b, a in zip(before, after))
+
+
+def compare(before, after, grown_frozen=False):
     """Compare two `snapshot`s of the same architecture (layers matched by `pair`).
 
     An entry is frozen when either snapshot says so, and trainable (and not
     frozen) when either says so; so a split model compares with its merged
-    copy in either order.
+    copy in either order. AFTER may be BEFORE grown (`grow_model`): a weight
+    that grew is compared on BEFORE's entries, which sit at the start of
+    each axis; the rest are counted as new. With `grown_frozen`, the old
+    entries of grown splittable layers count as frozen (for a grown model
+    that records no masks, e.g. merged).
 
     Raises:
         InputError: the two do not have the same layers and weight shapes.
@@ -171,8 +185,17 @@ def compare(before, after):
     check = FrozenCheck()
     for old, new in pair(before, after):
         for i, (name, a, b) in enumerate(zip(old.names, old.values, new.values)):
-            frozen = old.frozen[i] | new.frozen[i]
-            trained = (old.trained[i] | new.trained[i]) & ~frozen
+            new_frozen, new_trained = new.frozen[i], new.trained[i]
+            if a.shape != b.shape:
+                block = tuple(slice(0, n) for n in a.shape)
+                check.new += b.size - a.size
+                if old.key not in check.grown:
+                    check.grown.append(old.key)
+                b, new_frozen, new_trained = b[block], new_frozen[block], new_trained[block]
+                if grown_frozen and new.splittable:
+                    new_frozen = np.ones(a.shape, bool)
+            frozen = old.frozen[i] | new_frozen
+            trained = (old.trained[i] | new_trained) & ~frozen
             differs = _bits_differ(a, b)
             check.frozen += int(frozen.sum())
             check.changed += int((differs & frozen).sum())
@@ -192,8 +215,15 @@ def verify(before, after):
     merged. Every other weight that trains is compared too, to count what
     training moved.
 
+    `after` may be `before` grown (`grow_model`), then trained and merged or
+    not: old entries are compared where they are (at the start of each
+    grown axis) and the rest counted as new (`new`, `grown`). A grown model
+    that records no frozen entries (merged) must keep every old entry of its
+    grown layers.
+
     Args:
-        before: The model before training (usually the split model).
+        before: The model before training (usually the split model), or the
+            base model that `after` was grown from.
         after: The model after training, split or merged.
 
     Returns:
@@ -209,6 +239,9 @@ def verify(before, after):
         0
     """
     old, new = snapshot(before), snapshot(after)
-    if not any(m.any() for layer in old + new for m in layer.frozen):
+    if any(m.any() for layer in old + new for m in layer.frozen):
+        return compare(old, new)
+    check = compare(old, new, grown_frozen=True)  # AFTER may be BEFORE grown, then merged
+    if not check.grown:
         raise InputError("neither model records frozen entries; give the split model (from build, train or run)")
-    return compare(old, new)
+    return check

@@ -85,3 +85,32 @@ def assert_same_function(a, b):
     add two partial products.
     """
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def configs(tmp_path_factory):
+    """A copy of configs/ whose growth examples find their base models.
+
+    A config with `base: ../runs/NAME.keras` grows the model that
+    `configs/base/NAME.yaml` trains (as its header says to run first): each
+    is trained once here, into the copy's `runs/`.
+    """
+    import shutil
+
+    from splitnet.job import train_file
+    from splitnet.spec import load_spec
+
+    top = tmp_path_factory.mktemp("project")
+    shutil.copytree(ROOT / "configs", top / "configs")
+    (top / "runs").mkdir()
+    for path in sorted((top / "configs").glob("*.yaml")):
+        base = load_spec(path).base
+        if base is not None:
+            recipe = top / "configs" / "base" / base.with_suffix(".yaml").name
+            assert base.parent.resolve() == (top / "runs").resolve() and recipe.is_file(), path
+            if not base.exists():
+                train_file(recipe, base, echo=lambda line: None)
+    return top / "configs"

@@ -132,8 +132,8 @@ def test_run_writes_checked_results(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_config_runs(path, tmp_path):
-    result = invoke("run", path, "-o", tmp_path / "run")
+def test_every_config_runs(path, tmp_path, configs):
+    result = invoke("run", configs / path.name, "-o", tmp_path / "run")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["frozen_entries"] > 0 and report["frozen_changed"] == 0

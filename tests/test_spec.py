@@ -157,13 +157,14 @@ def test_base_that_is_not_a_keras_file(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_config_builds(path):
-    spec = load_spec(path)
+def test_every_config_builds(path, configs):
+    spec = load_spec(configs / path.name)
     model = splitnet.build_model(spec)
     masks = splitnet.frozen_masks(model)
     projections = ("query", "key", "value", "attention_output")  # what a heads: rule freezes
     named = {f"{r.layer}/{p}" for r in spec.freeze if r.heads for p in projections}
-    assert {r.layer for r in spec.freeze if not r.heads} | named == set(masks)
+    grown = {r.layer for r in spec.grow if r.freeze_old}  # old entries frozen by default
+    assert {r.layer for r in spec.freeze if not r.heads} | named | grown == set(masks)
 
 
 def test_yaml_exponent_without_dot_is_a_number(tmp_path):

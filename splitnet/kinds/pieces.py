@@ -697,7 +697,18 @@ class Kind:
             "frozen_units": "all" if units == ("all",) else format_indices(units),
             "frozen_rows": format_indices(rows),
             "bias_frozen": bool(bias),
+            "grown": self.describe_growth(layer),
         }
+
+    @staticmethod
+    def describe_growth(layer):
+        """What `grow_model` added, e.g. "units 5->10", or None."""
+        grown_from = getattr(getattr(layer, "plan", None), "grown_from", None)
+        if grown_from is None:
+            return None
+        plan = layer.plan
+        sizes = (("rows", grown_from[0], plan.in_dim), ("units", grown_from[1], plan.units))
+        return ", ".join(f"{word} {old}->{new}" for word, old, new in sizes if new != old)
 
     def picture(self, layer, masks):
         """A 2-D (rows x units) map of the first weight's frozen entries, for `--plot`:
