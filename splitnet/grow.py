@@ -379,6 +379,8 @@ def _rebuild(model, graph, growths, inputs, where):
 def _forget_built_shapes(entry):
     """Drop the input shapes the layers of graphs were built with: a graph builds each layer
     when it calls it, with its new input shape, but a `build_config` would build it first."""
+    if "layers" in entry.get("config", {}):
+        entry.pop("build_config", None)  # a Sequential builds from its InputLayer
     for layer in entry.get("config", {}).get("layers", []):
         layer.pop("build_config", None)
         _forget_built_shapes(layer)

@@ -184,16 +184,17 @@ def compare(before, after, grown_frozen=False):
     """
     check = FrozenCheck()
     for old, new in pair(before, after):
+        layer_grew = any(a.shape != b.shape for a, b in zip(old.values, new.values))
+        if layer_grew:
+            check.grown.append(old.key)
         for i, (name, a, b) in enumerate(zip(old.names, old.values, new.values)):
             new_frozen, new_trained = new.frozen[i], new.trained[i]
             if a.shape != b.shape:
                 block = tuple(slice(0, n) for n in a.shape)
                 check.new += b.size - a.size
-                if old.key not in check.grown:
-                    check.grown.append(old.key)
                 b, new_frozen, new_trained = b[block], new_frozen[block], new_trained[block]
-                if grown_frozen and new.splittable:
-                    new_frozen = np.ones(a.shape, bool)
+            if layer_grew and grown_frozen and new.splittable:
+                new_frozen = np.ones(a.shape, bool)
             frozen = old.frozen[i] | new_frozen
             trained = (old.trained[i] | new_trained) & ~frozen
             differs = _bits_differ(a, b)
