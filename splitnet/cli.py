@@ -316,10 +316,8 @@ def verify(before, after):
         raise SystemExit(EXIT_FAILURE)
     layers = "layer" if len(check.grown) == 1 else "layers"
     grown = f"; {check.new:,} new entries in the grown {layers} {', '.join(check.grown)}" if check.grown else ""
-    click.echo(
-        f"OK: all {check.frozen:,} frozen entries are bit-identical; "
-        f"{check.moved:,} of {check.trainable:,} trainable entries moved{grown}"
-    )
+    moved = f"; {check.moved:,} of {check.trainable:,} trainable entries moved" if check.trainable or not grown else ""
+    click.echo(f"OK: all {check.frozen:,} frozen entries are bit-identical{moved}{grown}")
 
 
 if __name__ == "__main__":  # pragma: no cover
