@@ -360,20 +360,40 @@ def _rebuild(model, graph, growths, inputs, where):
     graphs = {id(compat.graph_of(m)): key for key, m in [("", model)] + list(tree.walk(model))
               if isinstance(m, keras.Model) and compat.graph_of(m) is not None}
     for (graph_id, index), n in inputs.items():
-        entry = _model_entry(config, graphs[graph_id], where)
+        entry = _entry(config, graphs[graph_id])
         layer_config = _input_entry(entry, index, graphs[graph_id] or model.name)["config"]
         layer_config["batch_shape"] = list(layer_config["batch_shape"][:-1]) + [layer_config["batch_shape"][-1] + n]
     for growth in growths.values():
-        if growth.plan is None or not (growth.units or (growth.rows and kinds.kind_of(growth.layer).grow_flow(growth.layer, growth.plan)[0] is None)):
-            continue
-        parent, _, name = growth.key.rpartition("/")
-        entry = _layer_entry(_model_entry(config, parent, where), name, growth.key, where)
         kind = kinds.kind_of(growth.layer)
-        entry["config"] = kind.grow_config(growth.layer, growth.plan, entry["config"], growth.units, growth.rows)
+        tokens = kind is not None and kind.grow_flow(growth.layer, growth.plan)[0] is None
+        if kind is None or not (growth.units or (growth.rows and tokens)):
+            continue  # rows from the input: the rebuilt graph gives them
+        parent_key, _, name = growth.key.rpartition("/")
+        parent = _entry(config, parent_key)
+        entry = _child(parent, name)
+        if entry is not None:
+            entry["config"] = kind.grow_config(growth.layer, growth.plan, entry["config"], growth.units, growth.rows)
+        elif not _grow_argument(parent, growth, tokens):
+            raise where.error(
+                growth.rules[0].path,
+                f"layer {growth.key!r} is made by the code of {parent.get('class_name')} {parent_key!r}, which "
+                "sets its size from its own arguments; splitnet grows layers listed in a Functional or "
+                "Sequential model's config, and a keras-hub backbone's token embedding",
+            )
     _forget_built_shapes(config)
     copy = saving.rebuild(model, config)
     _fill(model, copy, growths)
     return copy
+
+
+def _grow_argument(parent, growth, tokens):
+    """Grow a layer that its parent builds from its config: a keras-hub backbone's
+    `vocabulary_size` sets its token embedding's tokens (and a tied head's logits)."""
+    config = parent.get("config", {})
+    if tokens and not growth.units and config.get("vocabulary_size") == growth.plan.in_dim:
+        config["vocabulary_size"] += growth.rows
+        return True
+    return False
 
 
 def _forget_built_shapes(entry):
@@ -386,24 +406,25 @@ def _forget_built_shapes(entry):
         _forget_built_shapes(layer)
 
 
-def _model_entry(config, key, where):
-    """The serialized (nested) model at `key` ("" for the top)."""
+def _entry(config, key):
+    """The serialized (nested) model or layer at `key` ("" for the top)."""
     entry = config
     for part in [p for p in key.split("/") if p]:
-        entry = _layer_entry(entry, part, key, where)
-    if "layers" not in entry.get("config", {}):
-        raise where.error(
-            ("grow",), f"model {entry['config'].get('name', key)!r} ({entry.get('class_name')}) does not list its "
-            "layers in its config (its own arguments set its sizes); splitnet grows Functional and Sequential models",
-        )
+        entry = _child(entry, part)
+        if entry is None:
+            raise ModelError(f"{key!r} is not in the model's config")
     return entry
 
 
-def _layer_entry(model_entry, name, key, where):
-    for entry in model_entry["config"].get("layers", []):
-        if entry.get("config", {}).get("name") == name:
-            return entry
-    raise where.error(("grow",), f"layer {key!r} is not in its model's config; splitnet grows layers of Functional and Sequential graphs")
+def _child(entry, name):
+    """The serialized layer `name` that `entry` lists in its config (`layers`, or an
+    argument such as a keras-hub task's `backbone`), or None."""
+    config = entry.get("config", {})
+    candidates = list(config.get("layers", [])) + [v for v in config.values() if isinstance(v, dict)]
+    for child in candidates:
+        if isinstance(child.get("config"), dict) and child["config"].get("name") == name:
+            return child
+    return None
 
 
 def _input_entry(model_entry, index, name):

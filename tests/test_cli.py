@@ -339,3 +339,79 @@ def test_verify_matches_layers_by_name_not_position(tmp_path):
     assert same.exit_code == 0 and same.output.startswith("OK: all 10 frozen entries are bit-identical; 0 of 30"), same.output
     renamed = invoke("verify", tmp_path / "ab.keras", tmp_path / "renamed.keras")
     assert renamed.exit_code == 2 and "layer 'a' of BEFORE has no counterpart in the other model" in renamed.stderr
+
+
+# --- growing a trained model from the command line --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grown_run(configs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("grown") / "run"
+    result = invoke("run", configs / "new_inputs.yaml", "-o", out)
+    assert result.exit_code == 0, result.output
+    return configs.parent / "runs" / "sensors.keras", out
+
+
+def test_inspect_shows_what_grew(configs):
+    result = invoke("inspect", configs / "new_inputs.yaml")
+    assert result.exit_code == 0, result.output
+    header, encoder = result.output.splitlines()[:2]
+    assert header.split()[-1] == "grown"
+    assert encoder.split()[:5] == ["encoder", "split", "24x48", "-", "0:16"] and encoder.endswith("rows 16->24")
+    info = json.loads(invoke("inspect", configs / "new_inputs.yaml", "--json").output)
+    assert [(r["layer"], r["grown"]) for r in info["layers"]] == [("encoder", "rows 16->24"), ("decoder", None)]
+
+
+def test_verify_base_against_grown_split_and_merged(grown_run, tmp_path):
+    base, run = grown_run
+    result = invoke("verify", base, run / "split.keras")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == (
+        "OK: all 816 frozen entries are bit-identical; 196 of 196 trainable entries moved; "
+        "384 new entries in the grown layer encoder"
+    )
+    assert invoke("merge", run / "split.keras", "-o", tmp_path / "merged.keras").exit_code == 0
+    merged = keras.saving.load_model(tmp_path / "merged.keras")
+    assert merged.inputs[0].name == "input" and tuple(merged.inputs[0].shape) == (None, 24)  # its name kept
+    result = invoke("verify", base, tmp_path / "merged.keras")
+    assert result.exit_code == 0 and result.output.startswith("OK: all 816 frozen entries"), result.output
+    # an old entry that moved is found
+    kernel = merged.get_layer("encoder").kernel
+    kernel.assign(np.asarray(kernel) + np.eye(24, 48, dtype="float32"))
+    merged.save(tmp_path / "moved.keras")
+    result = invoke("verify", base, tmp_path / "moved.keras")
+    assert result.exit_code == 1 and result.output.startswith("FAILED: 16 of 816 frozen entries changed; first: encoder.kernel[0, 0]")
+
+
+@pytest.mark.parametrize(
+    "grow, message",
+    [
+        ("  encoder: {rows: 0}", "{spec}:3: grow.encoder.rows: expected how many rows to add (a positive integer), got 0"),
+        ("  decoder: {rows: 2}", "{spec}:3: grow.decoder.rows: layer 'decoder' is fed by 'encoder' (Dense), not by a model input"),
+        ("  encoder: {units: 2}\n  encoder: {rows: 2}", "{spec}:4: grow.encoder: duplicate key 'encoder'"),
+        ("  encoderr: {units: 2}", "{spec}:3: grow.encoderr: no layer 'encoderr' in model 'sensors'; did you mean 'encoder'?"),
+        ("  encoder: {units: 2, init: random}", "{spec}:3: grow.encoder.init: expected one of layer, zeros, mean, got 'random'"),
+    ],
+)
+def test_growth_refusals_are_one_line(configs, tmp_path, grow, message):
+    spec = tmp_path / "grow.yaml"
+    spec.write_text(f"base: {configs.parent / 'runs' / 'sensors.keras'}\ngrow:\n{grow}\n")
+    result = invoke("build", spec, "-o", tmp_path / "o.keras")
+    assert result.exit_code == 2
+    assert errors(result).startswith("splitnet: error: " + message.format(spec=spec))
+    assert not (tmp_path / "o.keras").exists()
+
+
+def test_flatten_consumer_refused_through_the_cli(configs, tmp_path):
+    spec = tmp_path / "grow.yaml"
+    spec.write_text(
+        "model:\n  input_shape: [3, 4]\n  layers:\n    - {type: Dense, name: h, units: 5}\n"
+        "    - {type: Flatten, name: flat}\n    - {type: Dense, name: out, units: 2}\ngrow:\n  h: {units: 1}\n"
+    )
+    result = invoke("build", spec, "-o", tmp_path / "o.keras")
+    assert result.exit_code == 2
+    assert errors(result) == (
+        f"splitnet: error: {spec}:8: grow.h: layer 'flat' (Flatten) cannot follow the 1 new features of 'h': "
+        "splitnet grows through layers that act on each feature alone (activations, dropout, pooling, "
+        "BatchNormalization), elementwise merges and a last-axis Concatenate"
+    )

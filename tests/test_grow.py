@@ -323,3 +323,45 @@ def test_split_layer_is_refused():
     split = splitnet.split_model(perturb(dense_model()), {"classes": {"units": [0]}})
     with pytest.raises(SpecError, match="grow.classes: layer 'classes' is split; merge the model before growing it"):
         splitnet.grow_model(split, {"classes": {"units": 1}})
+
+
+# --- keras-hub: new tokens in a backbone's vocabulary ----------------------------------
+
+
+def _hub_backbone(name):
+    import keras_hub
+    common = dict(vocabulary_size=40, num_layers=1, hidden_dim=16, intermediate_dim=32)
+    if name == "bert":
+        model = keras_hub.models.BertBackbone(num_heads=2, max_sequence_length=8, **common)
+        inputs = {"segment_ids": np.zeros((2, 8), "int32")}
+    elif name == "gpt2":
+        model = keras_hub.models.GPT2Backbone(num_heads=2, max_sequence_length=8, **common)
+        inputs = {}
+    else:
+        model = keras_hub.models.GemmaBackbone(num_query_heads=2, num_key_value_heads=2, head_dim=8, **common)
+        inputs = {}
+    inputs.update(token_ids=_ids((2, 8), 40), padding_mask=np.ones((2, 8), "int32"))
+    return perturb(model), inputs
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "gemma"])
+def test_keras_hub_backbone_gets_new_tokens(name):
+    base, inputs = _hub_backbone(name)
+    grown = splitnet.grow_model(base, {"token_embedding": {"rows": 5, "init": "mean"}})
+    assert type(grown) is type(base) and grown.get_config()["vocabulary_size"] == 45
+    before, after = base(inputs), grown(inputs)
+    for key in before if isinstance(before, dict) else [None]:
+        old, new = (before, after) if key is None else (before[key], after[key])
+        np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+    table = np.asarray(splitnet.merged_weights(grown)["token_embedding"][0])
+    np.testing.assert_allclose(table[40:], np.broadcast_to(table[:40].mean(0), (5, 16)), rtol=1e-5, atol=1e-6)
+    grown.compile(optimizer=keras.optimizers.AdamW(0.05, weight_decay=0.5), loss="mse")
+    x = dict(inputs, token_ids=_ids((8, 8), 45, seed=3), padding_mask=np.ones((8, 8), "int32"))
+    if "segment_ids" in x:
+        x["segment_ids"] = np.zeros((8, 8), "int32")
+    y = keras.tree.map_structure(lambda t: np.asarray(t) + 1.0, grown(x))
+    grown.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    check = splitnet.verify(base, grown)
+    assert check.changed == 0 and "token_embedding" in check.grown and check.new == 5 * 16
+    merged = splitnet.merge_model(grown)
+    assert type(merged) is type(base) and merged.get_config()["vocabulary_size"] == 45
