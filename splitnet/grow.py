@@ -134,15 +134,15 @@ class _Graph:
     def follow(self, growths, input_growth):
         """Propagate growth from the inputs and the grown layers; fills `growths` with the
         layers that must follow, returns `{(id(graph), input index): n}` of every
-        (nested) model input that grows, and the outputs' flows."""
+        (nested) model input that grows."""
         self.growths, self.inputs = growths, {}
         graph = compat.graph_of(self.model)
         flows = [
             Flow(input_growth[i][0], f"model input {t.name!r}", input_growth[i][1]) if i in input_growth else None
             for i, t in enumerate(graph.inputs)
         ]
-        outputs = self._run(graph, flows)
-        return self.inputs, outputs
+        self._run(graph, flows)
+        return self.inputs
 
     def _run(self, graph, flows):
         growth = {}
@@ -182,7 +182,7 @@ class _Graph:
         if name in PASS_THROUGH:
             activation = getattr(op, "activation", None)
             if name == "Softmax" or getattr(activation, "__name__", None) in MIXING:
-                return [dataclasses.replace(flow, mixed=f"{self.key(op)!r} applies a softmax over them")]
+                return [dataclasses.replace(flow, mixed=f"{self.key(op)!r} applies a softmax over them, so the old features change")]
             return [flow]
         if name == "BatchNormalization":
             if op.axis not in (-1, len(node.input_tensors[0].shape) - 1):
@@ -210,18 +210,18 @@ class _Graph:
         growth = self.growths.get(id(op))
         rows_axis, units_axis = kind.grow_flow(op, growth.plan) if growth else (None, None)
         flow = ins[0] if ins else None
-        if compat.node_kwargs(node).get("reverse"):  # a tied/untied ReversibleEmbedding's logits: inputs are dimensions, outputs tokens
+        if compat.node_kwargs(node).get("reverse"):  # a ReversibleEmbedding's logits: dimensions in, tokens out
             units = growth.units if growth else 0
             if (flow.n if flow else 0) != units:
                 raise self.where.error(
-                    (flow or growth).rule.path if flow else growth.rules[0].path,
+                    flow.rule.path if flow else growth.rules[0].path,
                     f"layer {self.key(op)!r}: its logits read {flow.n if flow else 0} new features "
                     f"but its dimensions grow by {units}",
                 )
             return Flow(growth.rows, repr(growth.key), growth.rules[0]) if growth and growth.rows else None
         if flow is not None:
             if flow.mixed:
-                raise self._refuse(op, flow, f"{flow.mixed}, so its old features change")
+                raise self._refuse(op, flow, flow.mixed)
             if growth is None:
                 growth = self._record(op)
                 rows_axis, units_axis = kind.grow_flow(op, growth.plan)
@@ -233,9 +233,10 @@ class _Graph:
             return None
         out = Flow(growth.units, repr(growth.key), growth.rules[0])
         if units_axis != -1:
-            return dataclasses.replace(out, mixed=f"the new units of {growth.key!r} are axis {units_axis} of its output")
+            why = f"they are axis {units_axis} of the output of {growth.key!r}, not its features (the last axis)"
+            return dataclasses.replace(out, mixed=why)
         if getattr(getattr(op, "activation", None), "__name__", None) in MIXING:
-            return dataclasses.replace(out, mixed=f"{growth.key!r} applies a softmax over its units")
+            return dataclasses.replace(out, mixed=f"{growth.key!r} applies a softmax over its units, so its old features change")
         return out
 
     def _record(self, op, rows=0, flow=None, extra=False):
@@ -306,45 +307,14 @@ def grown(model, rules, freeze, where):
     graph = _Graph(model, where)
     growths, input_growth = {}, {}
     for rule in rules:
-        layer = split._layer_at(model, rule, where, split.splittable_keys)
-        if kinds.split_kind_of(layer):
-            raise where.error(rule.path, f"layer {rule.layer!r} is split; merge the model before growing it", key=True)
-        if kinds.kind_of(layer) is None:
-            raise where.error(
-                rule.path, f"layer {rule.layer!r} is of type {type(layer).__name__}; splitnet grows "
-                f"{kinds.supported_names()} layers", key=True,
-            )
-        if id(layer) not in graph.nodes:
-            raise where.error(
-                rule.path, f"layer {rule.layer!r} is made by its parent's code, so its size comes from the "
-                "parent's arguments; splitnet grows the layers of Functional and Sequential graphs", key=True,
-            )
-        if id(layer) in growths and growths[id(layer)].rules:
-            raise where.error(rule.path, f"layer {rule.layer!r} is named twice", key=True)
-        growth = growths.get(id(layer)) or Growth(layer, rule.layer, plan=geometry(layer, rule.layer, rule, where))
-        growth.units, growth.rules = rule.units, [rule]
-        growths[id(layer)] = growth
-        rows_axis, _ = kinds.kind_of(layer).grow_flow(layer, growth.plan)
-        if rule.rows and rows_axis is None:
-            growth.rows = rule.rows  # an embedding's tokens: in its config, not its input
-        elif rule.rows:
-            if rows_axis != -1:
-                raise where.error(rule.path + ("rows",), f"layer {rule.layer!r}: its rows are axis {rows_axis} of its input, not the last")
-            index = graph.feeding_input(layer, rule)
-            if index in input_growth:
-                raise where.error(
-                    rule.path + ("rows",), f"the input that feeds {rule.layer!r} grows already for "
-                    f"{input_growth[index][1].layer!r}; every layer reading it grows with it",
-                )
-            input_growth[index] = (rule.rows, rule)
-    inputs, _ = graph.follow(growths, input_growth)
-    copy = _rebuild(model, graph, growths, inputs, where)
-    rules_out = _freeze_rules(growths, freeze, where)
-    targets = split.plan_layers(copy, rules_out, where)
+        _start(model, graph, rule, where, growths, input_growth)
+    inputs = graph.follow(growths, input_growth)
+    copy = _rebuild(model, growths, inputs, where)
+    targets = split.plan_layers(copy, _freeze_rules(growths, freeze, where), where)
+    old = {growth.key: growth.plan for growth in growths.values() if growth.plan is not None}
     for layer, key, plan, kind, _ in targets.values():
-        old = next((g for g in growths.values() if g.key == key), None)
-        if old is not None and old.plan is not None:
-            plan = dataclasses.replace(plan, grown_from=(old.plan.in_dim, old.plan.units))
+        if key in old:
+            plan = dataclasses.replace(plan, grown_from=(old[key].in_dim, old[key].units))
         kind.install(layer, plan, key)
     kinds.after_split(copy)
     saving.recompile(copy, model)
@@ -353,7 +323,43 @@ def grown(model, rules, freeze, where):
     return copy
 
 
-def _rebuild(model, graph, growths, inputs, where):
+def _start(model, graph, rule, where, growths, input_growth):
+    """Check one rule; note its layer's growth, and the model input its new rows come from."""
+    layer = split.layer_at(model, rule, where, split.splittable_keys)
+    kind = kinds.kind_of(layer)
+    if kinds.split_kind_of(layer):
+        raise where.error(rule.path, f"layer {rule.layer!r} is split; merge the model before growing it", key=True)
+    if kind is None:
+        raise where.error(
+            rule.path, f"layer {rule.layer!r} is of type {type(layer).__name__}; splitnet grows "
+            f"{kinds.supported_names()} layers", key=True,
+        )
+    if id(layer) not in graph.nodes:
+        raise where.error(
+            rule.path, f"layer {rule.layer!r} is made by its parent's code, so its size comes from the "
+            "parent's arguments; splitnet grows the layers of Functional and Sequential graphs", key=True,
+        )
+    if id(layer) in growths:
+        raise where.error(rule.path, f"layer {rule.layer!r} is named twice", key=True)
+    growth = growths[id(layer)] = Growth(layer, rule.layer, rule.units, rules=[rule], plan=geometry(layer, rule.layer, rule, where))
+    rows_axis, _ = kind.grow_flow(layer, growth.plan)
+    if not rule.rows:
+        return
+    if rows_axis is None:
+        growth.rows = rule.rows  # an embedding's tokens: in its config, not its input
+        return
+    if rows_axis != -1:
+        raise where.error(rule.path + ("rows",), f"layer {rule.layer!r}: its rows are axis {rows_axis} of its input, not the last")
+    index = graph.feeding_input(layer, rule)
+    if index in input_growth:
+        raise where.error(
+            rule.path + ("rows",), f"the input that feeds {rule.layer!r} grows already for "
+            f"{input_growth[index][1].layer!r}; every layer reading it grows with it",
+        )
+    input_growth[index] = (rule.rows, rule)  # the layer's rows follow from its input
+
+
+def _rebuild(model, growths, inputs, where):
     """The grown plain model: sizes changed in the config, weights filled in."""
     config = keras.saving.serialize_keras_object(model)
     config.pop("compile_config", None)

@@ -67,7 +67,7 @@ def plan_layers(model, rules, where):
     trainable = tree.trainable_ids(model)
     targets = {}
     for rule in _expand_heads(model, rules, where):
-        layer = _layer_at(model, rule, where, splittable_keys)
+        layer = layer_at(model, rule, where, splittable_keys)
         if kinds.split_kind_of(layer):
             raise where.error(rule.path, f"layer {rule.layer!r} is already split; merge the model first", key=True)
         kind = kinds.kind_of(layer)
@@ -110,12 +110,12 @@ def _expand_heads(model, rules, where):
         if rule.heads is None:
             out.append(rule)
             continue
-        layer = _layer_at(model, rule, where, lambda m: [key for key, _ in tree.walk(m)])
+        layer = layer_at(model, rule, where, lambda m: [key for key, _ in tree.walk(m)])
         out += kinds.heads_rules(layer, rule, where, lambda key: tree.find(model, key))
     return out
 
 
-def _layer_at(model, rule, where, candidates):
+def layer_at(model, rule, where, candidates):
     """The layer a rule names; else a SpecError suggesting the closest of `candidates(model)`."""
     layer = tree.find(model, rule.layer)
     if layer is None:
