@@ -32,6 +32,7 @@ from splitnet.files import (
     save_keras,
 )
 from splitnet.split import build_model
+from splitnet.summary import describe
 from splitnet.train import DataError, compile_model, for_file, get_data, set_learning_rate, settings_dict, settings_from
 from splitnet.verify import compare, snapshot
 
@@ -220,7 +221,8 @@ def run_spec(
     Returns:
         The report (also written as `report.json`): entry counts, whether the
         frozen entries are bit-identical, loss before and after, the largest
-        split-vs-merged output difference, and where the results are. The
+        split-vs-merged output difference, what grew (`grown`, for a
+        `grow:` spec), and where the results are. The
         folder holds `saved_model/` (the export), `split.keras` (the trained
         split model, for `splitnet train` to resume) and `spec.yaml`.
 
@@ -302,6 +304,7 @@ def _finish(spec, model, out_dir, settings, check, loss_before, loss_after):
             "output": str(out_dir),
             "saved_model": str(out_dir / "saved_model"),
             "split_model": str(out_dir / "split.keras"),
+            "grown": {row["layer"]: row["grown"] for row in describe(model)["layers"] if row.get("grown")},
         }
         if spec.source is not None:
             (tmp / "spec.yaml").write_text(Path(spec.source).read_text(encoding="utf-8"), encoding="utf-8")
@@ -316,8 +319,10 @@ def _loss(result):
 def format_report(report):
     """The report as the few lines `splitnet run` prints."""
     moved_share = report["trainable_moved"] / report["trainable_entries"] if report["trainable_entries"] else 0.0
+    grown = "; ".join(f"{layer} {what}" for layer, what in report.get("grown", {}).items())
     return "\n".join(
-        [
+        ([f"grown:            {grown}"] if grown else [])
+        + [
             f"frozen entries:   {report['frozen_entries']:,}, all bit-identical after training (checked)",
             f"trainable moved:  {report['trainable_moved']:,} of {report['trainable_entries']:,} ({moved_share:.1%})",
             f"loss:             {report['loss_before']:.4f} -> {report['loss_after']:.4f} ({report['epochs']} epochs)",

@@ -285,6 +285,12 @@ def _concatenated_first():
     return perturb(keras.Model(inputs, keras.layers.Dense(2, name="out")(h)))
 
 
+def _heads_then_dense():
+    inputs = keras.Input((5, 8), name="x")
+    heads = keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 2, 4), name="query")(inputs)
+    return perturb(keras.Model(inputs, keras.layers.Dense(3, name="out")(heads)))
+
+
 def _attention():
     inputs = keras.Input((5, 8), name="x")
     return perturb(keras.Model(inputs, keras.layers.MultiHeadAttention(2, 4, name="attn")(inputs, inputs)))
@@ -307,6 +313,7 @@ def _attention():
         (_hidden_softmax, {"h": {"units": 1}}, "grow.h: layer 'out' (Dense) cannot follow the 1 new features of 'h': 'h' applies a softmax over its units, so its old features change"),
         (_residual, {"h": {"units": 1}}, "grow.h: layer 'add' (Add) cannot follow the 1 new features of 'h': its other inputs do not grow alike"),
         (_concatenated_first, {"h": {"units": 1}}, "grow.h: layer 'concatenate' (Concatenate) cannot follow the 1 new features of 'h': only its last input may grow"),
+        (_heads_then_dense, {"query": {"units": 1}}, "grow.query: layer 'out' (Dense) cannot follow the 1 new features of 'query': they are axis -2 of the output of 'query', not its features (the last axis)"),
         (_attention, {"attn/query": {"units": 1}}, "grow.attn/query: layer 'attn/query' is made by its parent's code, so its size comes from the parent's arguments"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -365,3 +372,26 @@ def test_keras_hub_backbone_gets_new_tokens(name):
     assert check.changed == 0 and "token_embedding" in check.grown and check.new == 5 * 16
     merged = splitnet.merge_model(grown)
     assert type(merged) is type(base) and merged.get_config()["vocabulary_size"] == 45
+
+
+def test_grown_model_exports_and_loads_without_splitnet(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from test_export import RELOAD_WITHOUT_SPLITNET
+
+    base = perturb(dense_model())
+    grown = splitnet.grow_model(base, {"trunk": {"rows": 4}, "classes": {"units": 3}})
+    merged, diff = splitnet.export_saved_model(grown, tmp_path / "export")
+    assert diff <= 1e-6 and merged.inputs[0].name == "features" and tuple(merged.inputs[0].shape) == (None, 16)
+    x = _floats((6, 16))
+    np.save(tmp_path / "x.npy", x)
+    result = subprocess.run(
+        [sys.executable, "-c", RELOAD_WITHOUT_SPLITNET, str(tmp_path / "export"), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    y = np.load(tmp_path / "y.npy")
+    assert y.shape == (6, 8)
+    np.testing.assert_allclose(y, grown.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
