@@ -53,6 +53,12 @@ def conv1d_model():
     return keras.Model(inputs, keras.layers.Conv1D(3, 1, name="out")(h))
 
 
+def conv3d_model():
+    inputs = keras.Input((4, 4, 4, 2), name="volume")
+    h = keras.layers.Conv3D(3, 2, name="conv")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, name="out")(keras.layers.GlobalAveragePooling3D()(h)))
+
+
 def einsum_model():
     inputs = keras.Input((6, 8), name="x")
     h = keras.layers.EinsumDense("abc,cd->abd", output_shape=(None, 10), bias_axes="d", activation="tanh", name="proj")(inputs)
@@ -84,6 +90,7 @@ CASES = {
     "conv-filters": (conv_model, {"conv": {"units": 4}}, _floats((4, 10, 10, 3)), None, np.s_[...]),
     "conv-channels": (conv_model, {"conv": {"rows": 2}, "classes": {"units": 1}}, _floats((4, 10, 10, 3)), _pad(_floats((4, 10, 10, 3)), 2), np.s_[..., :4]),
     "conv1d": (conv1d_model, {"conv": {"units": 2}, "out": {"units": 2, "init": "zeros"}}, _floats((4, 9, 5)), None, np.s_[..., :3]),
+    "conv3d": (conv3d_model, {"conv": {"units": 2, "rows": 1}}, _floats((3, 4, 4, 4, 2)), _pad(_floats((3, 4, 4, 4, 2)), 1), np.s_[...]),
     "einsum": (einsum_model, {"proj": {"units": 3, "rows": 2}}, _floats((4, 6, 8)), _pad(_floats((4, 6, 8)), 2), np.s_[...]),
     "embedding-tokens": (embedding_model, {"tokens": {"rows": 5, "init": "mean"}}, _ids((8, 7), 30), None, np.s_[...]),
     "embedding-dims": (embedding_model, {"tokens": {"units": 4}}, _ids((8, 7), 30), None, np.s_[...]),

@@ -22,6 +22,10 @@ Each kind is one module (`dense.py`, `conv.py`, `einsum.py`,
   masks)`: a 2-D map for `--plot`.
 * `plain_entry(entry)`: the serialized plain layer for a serialized split
   one (what `merge_model` writes into the model config).
+* Growing (`splitnet.grow`): `grow_config(layer, plan, config, units, rows)`,
+  the config of the bigger layer; `grow_roles(layer, plan)`, how each weight's
+  axes grow (inputs start at zero into old outputs, outputs from `init`);
+  `grow_flow(layer, plan)`, which tensor axes carry its rows and units.
 
 Everything else (spec, split, merge, verify, inspect, export) asks the kind,
 so a new kind is one module here plus its tests.
