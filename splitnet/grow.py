@@ -5,19 +5,22 @@ layers are bigger: new classes (a Dense's units, a Conv's filters), new
 input features (rows), new tokens (an Embedding's rows). It goes in four
 steps:
 
-1. **Follow the shapes.** Growth is always appended at the end of an axis.
-   A layer's new units make its output's last axis longer; the layers that
-   read it must follow: splittable layers grow their rows, layers that act
-   on each feature alone (activations, dropout, pooling, BatchNormalization)
-   pass it on, a last-axis Concatenate passes on its last input's growth.
-   Anything else (Flatten, Reshape, LayerNormalization, ...) is refused:
-   it would mix old and new features. New rows of a layer fed by a model
-   input make that input longer (it keeps its name).
-2. **Rebuild.** The sizes change in the model config, Keras rebuilds the
-   model (every consumer builds with its new input size), and the weights
-   are filled in: old entries where they were; new inputs into old outputs
-   zero, so the old outputs do not change; everything else new from `init`.
-3. **Check** that every weight grew as predicted (nothing else moved).
+1. **Follow the shapes** (`_Graph`). Growth is always appended at the end
+   of an axis. A layer's new units make its output's last axis longer; the
+   layers that read it must follow: splittable layers grow their rows;
+   layers that act on each feature alone (activations, dropout, pooling,
+   BatchNormalization), elementwise merges of inputs that grow alike and a
+   last-axis Concatenate whose last input grows pass it on. Anything else
+   (Flatten, Reshape, LayerNormalization, ...) is refused: it would mix old
+   and new features. New rows of a layer fed by a model input make that
+   input longer (it keeps its name).
+2. **Rebuild** (`_rebuild`). The sizes change in the model config, and
+   Keras rebuilds the model: every layer that follows builds with its new
+   input size.
+3. **Fill in the weights** (`_fill`, `grow_array`): old entries where they
+   were; new inputs into old outputs zero, so the old outputs do not
+   change; everything else new from `init`. Each weight's new shape is
+   checked against the one predicted in step 1.
 4. **Split**: the old entries of every grown layer are frozen, unless the
    rule says `old: trainable` or a `freeze:` rule names the layer.
 """
@@ -45,13 +48,20 @@ PASS_THROUGH = (
     "Cropping1D", "Cropping2D", "Cropping3D",
 )
 ELEMENTWISE = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
-MIXING = ("softmax", "log_softmax")  # activations over the feature axis: new features change old outputs
+MIXING = ("softmax", "log_softmax", "sparsemax")  # over the feature axis: new features change old outputs
+CANNOT_FOLLOW = (
+    "splitnet grows through layers that act on each feature alone (activations, dropout, pooling, "
+    "BatchNormalization), elementwise merges and a last-axis Concatenate"
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Flow:
-    """A tensor's last axis grows by `n`, because of `source`; `mixed` says why a
-    layer that reads it cannot keep its old outputs (a softmax over the grown axis)."""
+    """A tensor's last axis grows by `n`, because of `source`.
+
+    `mixed` says why no layer may read it (a softmax over the grown axis; new
+    units on another axis): only a model output may.
+    """
 
     n: int
     source: str
@@ -61,35 +71,69 @@ class Flow:
 
 @dataclasses.dataclass
 class Growth:
-    """What one layer grows by, and the rules it grows for (`GrowRule`s, for `old:`)."""
+    """What one layer of a splittable kind grows by, and why.
+
+    `rules` are the `GrowRule`s it grows for: its own when `named`, else
+    those of the layers it follows (for `old:` and for error locations).
+    `plan` is the kind's geometry of the old layer (nothing frozen); None
+    for a BatchNormalization that follows.
+    """
 
     layer: object
     key: str
     units: int = 0
     rows: int = 0
     rules: list = dataclasses.field(default_factory=list)
-    plan: object = None  # the kind's geometry of the old layer (nothing frozen)
+    plan: object = None
+    named: bool = False
+
+    @property
+    def kind(self):
+        return kinds.kind_of(self.layer)
+
+    @property
+    def tokens(self):
+        """Whether its rows are an embedding's tokens (set in its config, not by its input)."""
+        return self.plan is not None and self.kind.grow_flow(self.layer, self.plan)[0] is None
+
+
+def geometry(layer, key, path, where):
+    """The kind's plan of `layer` with nothing frozen: where its rows and units are."""
+    empty = spec_lib.FreezeRule(layer=key, units=None, rows=None, bias=False, path=path)
+    return kinds.kind_of(layer).plan(layer, empty, where)
 
 
 class _Graph:
-    """The model's graphs (nested models included), and how growth flows through them."""
+    """The model's graphs (nested models included), and how growth flows through them.
 
-    def __init__(self, model, where):
-        self.model, self.where = model, where
+    Args:
+        model: A Functional or Sequential model.
+        where: `spec.Where`, for errors.
+        growths: `{id(layer): Growth}`, the named layers' growth; `follow`
+            adds the layers that must follow.
+    """
+
+    def __init__(self, model, where, growths):
+        self.model, self.where, self.growths = model, where, growths
         self.keys = {id(layer): key for key, layer in tree.walk(model)}
-        self.producer = {}  # id(tensor) -> node
+        self.producer = {}  # id(tensor) -> the node that makes it
         self.alias = {}  # id(tensor) -> the tensor it is: a nested model's input or an outer output
         self.nodes = {}  # id(layer) -> its calls in these graphs
+        self.inputs = {}  # (id(graph), input index) -> how much that input grows
+        self.calls = {}  # id(layer or graph) -> (the growth its first call read, that call's rule)
         graph = compat.graph_of(model)
         if graph is None:
             raise ModelError(f"model {model.name!r} is subclassed; splitnet grows Functional and Sequential models")
         self.top_inputs = {id(t): i for i, t in enumerate(graph.inputs)}
-        self._index(graph)
+        self._index(graph, set())
 
     def key(self, op):
         return self.keys.get(id(op), op.name)
 
-    def _index(self, graph):
+    def _index(self, graph, seen):
+        if id(graph) in seen:  # a nested model called twice: its graph is indexed once
+            return
+        seen.add(id(graph))
         for node in compat.graph_nodes(graph):
             op = node.operation
             self.nodes.setdefault(id(op), []).append(node)
@@ -98,44 +142,45 @@ class _Graph:
             inner = compat.graph_of(op) if isinstance(op, keras.Model) else None
             if inner is not None and not node.is_input:
                 for t, outer in zip(inner.inputs, node.input_tensors):
-                    self.alias[id(t)] = outer
+                    self.alias.setdefault(id(t), outer)
                 for outer, t in zip(node.outputs, inner.outputs):
                     self.alias[id(outer)] = t
-                self._index(inner)
+                self._index(inner, seen)
+
+    # -- backward: where a layer's new rows come from ------------------------------------
 
     def feeding_input(self, layer, rule):
-        """The top model input (its index) whose features reach `layer` unchanged, else a SpecError."""
+        """The top model input (its index) whose last features reach `layer`'s last rows, else a SpecError."""
         tensor = self.nodes[id(layer)][0].input_tensors[0]
-        while True:
-            if id(tensor) in self.top_inputs:
-                return self.top_inputs[id(tensor)]
+        while id(tensor) not in self.top_inputs:
             if id(tensor) in self.alias:
                 tensor = self.alias[id(tensor)]
                 continue
             node = self.producer.get(id(tensor))
             op = None if node is None else node.operation
+            if op is None or node.is_input:
+                raise self.where.error(rule.path + ("rows",), f"layer {rule.layer!r} is not fed by a model input")
             name = type(op).__name__
-            if op is not None and (name in PASS_THROUGH or name in ("BatchNormalization", "InputLayer")):
-                if node.is_input:  # a nested model's input not called from outside
-                    break
+            if self._passes(op, node) is None or name == "BatchNormalization":
                 tensor = node.input_tensors[0]
-                continue
-            producer = "" if op is None else f" {self.key(op)!r} ({name})"
-            hint = f"; grow the units of {self.key(op)!r} instead" if kinds.kind_of(op) else ""
-            raise self.where.error(
-                rule.path + ("rows",),
-                f"layer {rule.layer!r} is fed by{producer}, not by a model input, so its input cannot "
-                f"grow alone{hint}",
-            )
-        raise self.where.error(rule.path + ("rows",), f"layer {rule.layer!r} is not fed by a model input")
+            elif name == "Concatenate" and self._last_axis(op.axis, node):
+                tensor = node.input_tensors[-1]  # new rows at the end come from its last input
+            else:
+                hint = f"; grow the units of {self.key(op)!r} instead" if kinds.kind_of(op) else ""
+                raise self.where.error(
+                    rule.path + ("rows",),
+                    f"layer {rule.layer!r} is fed by {self.key(op)!r} ({name}), not by a model input, so its "
+                    f"input cannot grow alone{hint}",
+                )
+        return self.top_inputs[id(tensor)]
 
-    # -- forward ------------------------------------------------------------------------
+    # -- forward: who follows ------------------------------------------------------------
 
-    def follow(self, growths, input_growth):
-        """Propagate growth from the inputs and the grown layers; fills `growths` with the
-        layers that must follow, returns `{(id(graph), input index): n}` of every
-        (nested) model input that grows."""
-        self.growths, self.inputs = growths, {}
+    def follow(self, input_growth):
+        """Propagate growth from the grown inputs (`{index: (n, rule)}`) and the named layers.
+
+        Returns `{(id(graph), input index): n}` of every (nested) model input that grows.
+        """
         graph = compat.graph_of(self.model)
         flows = [
             Flow(input_growth[i][0], f"model input {t.name!r}", input_growth[i][1]) if i in input_growth else None
@@ -145,18 +190,16 @@ class _Graph:
         return self.inputs
 
     def _run(self, graph, flows):
-        growth = {}
-        for i, (t, flow) in enumerate(zip(graph.inputs, flows)):
+        for i, flow in enumerate(flows):
             if flow is not None:
-                growth[id(t)] = flow
                 self.inputs[(id(graph), i)] = flow.n
+        growth = {id(t): flow for t, flow in zip(graph.inputs, flows) if flow is not None}
         for node in compat.graph_nodes(graph):
-            if node.is_input:
-                continue
-            ins = [growth.get(id(t)) for t in node.input_tensors]
-            for t, flow in zip(node.outputs, self._through(node, ins)):
-                if flow is not None:
-                    growth[id(t)] = flow
+            if not node.is_input:
+                ins = [growth.get(id(t)) for t in node.input_tensors]
+                for t, flow in zip(node.outputs, self._through(node, ins)):
+                    if flow is not None:
+                        growth[id(t)] = flow
         return [growth.get(id(t)) for t in graph.outputs]
 
     def _refuse(self, op, flow, why):
@@ -166,32 +209,41 @@ class _Graph:
             f"{flow.source}: {why}",
         )
 
+    def _same_every_call(self, op, flows, what):
+        """Refuse a layer (or nested model) called at several places on inputs that grow differently."""
+        counts = tuple(0 if f is None else f.n for f in flows)
+        rule = next((f.rule for f in flows if f is not None), None)
+        first = self.calls.setdefault(id(op), (counts, rule))
+        if first[0] != counts:
+            rule = rule or first[1]
+            raise self.where.error(
+                rule.path, f"{what} {self.key(op)!r} is called at several places, on inputs that grow differently"
+            )
+
     def _through(self, node, ins):
         op = node.operation
-        name = type(op).__name__
-        grown = [f for f in ins if f is not None]
         inner = compat.graph_of(op) if isinstance(op, keras.Model) else None
-        if inner is not None:
-            return self._run(inner, ins)
         kind = kinds.kind_of(op)
+        if inner is not None:
+            self._same_every_call(inner, ins, "model")
+            return self._run(inner, ins)
+        grown = [f for f in ins if f is not None]
+        for flow in grown:
+            if flow.mixed:
+                raise self._refuse(op, flow, flow.mixed)
         if kind is not None:
-            return [self._kind_node(node, kind, ins)]
+            return [self._kind_node(node, kind, ins[0] if ins else None)]
         if not grown:
             return [None] * len(node.outputs)
-        flow = grown[0]
-        if name in PASS_THROUGH:
-            activation = getattr(op, "activation", None)
-            if name == "Softmax" or getattr(activation, "__name__", None) in MIXING:
-                return [dataclasses.replace(flow, mixed=f"{self.key(op)!r} applies a softmax over them, so the old features change")]
-            return [flow]
+        flow, name = grown[0], type(op).__name__
         if name == "BatchNormalization":
-            if op.axis not in (-1, len(node.input_tensors[0].shape) - 1):
+            if not self._last_axis(op.axis, node):
                 raise self._refuse(op, flow, f"it normalizes axis {op.axis}, not the features")
-            self._record(op, rows=flow.n, flow=flow, extra=True)
+            self._same_every_call(op, ins, "layer")
+            self._record(op, flow, plan=False)
             return [flow]
         if name == "Concatenate":
-            rank = len(node.outputs[0].shape)
-            if op.axis not in (-1, rank - 1):
+            if not self._last_axis(op.axis, node):
                 raise self._refuse(op, flow, f"it concatenates axis {op.axis}, not the features")
             if any(f is not None for f in ins[:-1]):
                 raise self._refuse(op, flow, "only its last input may grow (new features go at the end)")
@@ -200,16 +252,30 @@ class _Graph:
             if len(grown) != len(ins) or len({f.n for f in grown}) != 1:
                 raise self._refuse(op, flow, "its other inputs do not grow alike")
             return [flow]
-        raise self._refuse(
-            op, flow, "splitnet grows through layers that act on each feature alone (activations, dropout, "
-            "pooling, BatchNormalization), elementwise merges and a last-axis Concatenate",
-        )
+        why = self._passes(op, node)
+        if why is not None:
+            raise self._refuse(op, flow, why)
+        if name == "Softmax" or getattr(getattr(op, "activation", None), "__name__", None) in MIXING:
+            return [dataclasses.replace(flow, mixed=f"{self.key(op)!r} applies a softmax over them, so the old features change")]
+        return [flow]
 
-    def _kind_node(self, node, kind, ins):
+    def _passes(self, op, node):
+        """None if `op` acts on each feature alone, else why not."""
+        if type(op).__name__ not in PASS_THROUGH:
+            return CANNOT_FOLLOW
+        if getattr(op, "data_format", "channels_last") != "channels_last":
+            return f"its data_format is {op.data_format}, so the features are not its last axis"
+        if type(op).__name__ == "Rescaling" and (np.ndim(op.scale) or np.ndim(op.offset)):
+            return "its scale or offset has an entry per feature"
+        return None
+
+    @staticmethod
+    def _last_axis(axis, node):
+        return axis in (-1, len(node.outputs[0].shape) - 1)
+
+    def _kind_node(self, node, kind, flow):
         op = node.operation
         growth = self.growths.get(id(op))
-        rows_axis, units_axis = kind.grow_flow(op, growth.plan) if growth else (None, None)
-        flow = ins[0] if ins else None
         if compat.node_kwargs(node).get("reverse"):  # a ReversibleEmbedding's logits: dimensions in, tokens out
             units = growth.units if growth else 0
             if (flow.n if flow else 0) != units:
@@ -219,48 +285,35 @@ class _Graph:
                     f"but its dimensions grow by {units}",
                 )
             return Flow(growth.rows, repr(growth.key), growth.rules[0]) if growth and growth.rows else None
+        self._same_every_call(op, [flow], "layer")
         if flow is not None:
-            if flow.mixed:
-                raise self._refuse(op, flow, flow.mixed)
-            if growth is None:
-                growth = self._record(op)
-                rows_axis, units_axis = kind.grow_flow(op, growth.plan)
-            if rows_axis != -1:
-                why = "it reads token ids" if rows_axis is None else f"its rows are axis {rows_axis} of its input"
+            growth = self._record(op, flow)
+            rows_last, _ = kind.grow_flow(op, growth.plan)
+            if not rows_last:
+                why = "it reads token ids" if rows_last is None else "its rows are not the last axis of its input"
                 raise self._refuse(op, flow, why)
-            self._record(op, rows=flow.n, flow=flow)
         if growth is None or not growth.units:
             return None
         out = Flow(growth.units, repr(growth.key), growth.rules[0])
-        if units_axis != -1:
-            why = f"they are axis {units_axis} of the output of {growth.key!r}, not its features (the last axis)"
+        if not kind.grow_flow(op, growth.plan)[1]:
+            why = f"they are not the last axis of the output of {growth.key!r} (its features)"
             return dataclasses.replace(out, mixed=why)
         if getattr(getattr(op, "activation", None), "__name__", None) in MIXING:
             return dataclasses.replace(out, mixed=f"{growth.key!r} applies a softmax over its units, so its old features change")
         return out
 
-    def _record(self, op, rows=0, flow=None, extra=False):
-        """Note that `op` grows by `rows` rows (from the flow), checking a shared layer grows alike."""
-        key = self.key(op)
+    def _record(self, op, flow, plan=True):
+        """Note that `op` grows by `flow.n` rows, because of `flow.rule`."""
         growth = self.growths.get(id(op))
         if growth is None:
+            key = self.key(op)
             growth = self.growths[id(op)] = Growth(op, key)
-            if not extra:
-                growth.plan = geometry(op, key, None, self.where)
-        if rows:
-            if growth.rows and growth.rows != rows:
-                raise self.where.error(flow.rule.path, f"layer {key!r} is called twice, on inputs that grow differently")
-            growth.rows = rows
-        if flow is not None and flow.rule not in growth.rules:
+            if plan:
+                growth.plan = geometry(op, key, flow.rule.path, self.where)
+        growth.rows = flow.n
+        if flow.rule not in growth.rules:
             growth.rules.append(flow.rule)
         return growth
-
-
-def geometry(layer, key, rule, where):
-    """The kind's plan of `layer` with nothing frozen: where its rows and units are."""
-    path = ("grow", key) if rule is None else rule.path
-    empty = spec_lib.FreezeRule(layer=key, units=None, rows=None, bias=False, path=path)
-    return kinds.kind_of(layer).plan(layer, empty, where)
 
 
 # ------------------------------------------------------------------------------------
@@ -289,6 +342,7 @@ def grow_model(model, grow, freeze=None):
     Raises:
         SpecError: a rule that does not fit the model (a layer that cannot
             follow, a bad count), with the key path in front.
+        ModelError: the model is subclassed, or Keras cannot rebuild it.
 
     Example:
         >>> import keras, splitnet
@@ -299,22 +353,30 @@ def grow_model(model, grow, freeze=None):
         ((None, 5), [(4, 2), (2,)])
     """
     where = spec_lib.Where()
-    return grown(model, spec_lib.parse_grow(grow, where), spec_lib.parse_freeze(freeze, where), where)
+    return grow_parsed(model, spec_lib.parse_grow(grow, where), spec_lib.parse_freeze(freeze, where), where)
 
 
-def grown(model, rules, freeze, where):
+def grow_parsed(model, rules, freeze, where):
     """`grow_model` on parsed rules (`spec.GrowRule`, `spec.FreezeRule`); errors located by `where`."""
-    graph = _Graph(model, where)
+    split_layer = next((key for key, layer in tree.walk(model) if kinds.split_kind_of(layer)), None)
+    if split_layer is not None:
+        raise where.error(
+            rules[0].path if rules else ("grow",),
+            f"layer {split_layer!r} is split; merge the model before growing it",
+        )
     growths, input_growth = {}, {}
+    graph = _Graph(model, where, growths)
     for rule in rules:
-        _start(model, graph, rule, where, growths, input_growth)
-    inputs = graph.follow(growths, input_growth)
+        _start(model, graph, rule, where, input_growth)
+    inputs = graph.follow(input_growth)
     copy = _rebuild(model, growths, inputs, where)
-    targets = split.plan_layers(copy, _freeze_rules(growths, freeze, where), where)
+    targets = split.plan_layers(copy, _freeze_rules(model, growths, freeze, where), where)
     old = {growth.key: growth.plan for growth in growths.values() if growth.plan is not None}
+    paths = {id(layer): key for key, layer in tree.walk(copy)}  # a rule may name a layer by a shorter path
     for layer, key, plan, kind, _ in targets.values():
-        if key in old:
-            plan = dataclasses.replace(plan, grown_from=(old[key].in_dim, old[key].units))
+        before = old.get(paths[id(layer)])
+        if before is not None:
+            plan = dataclasses.replace(plan, grown_from=(before.in_dim, before.units))
         kind.install(layer, plan, key)
     kinds.after_split(copy)
     saving.recompile(copy, model)
@@ -323,12 +385,10 @@ def grown(model, rules, freeze, where):
     return copy
 
 
-def _start(model, graph, rule, where, growths, input_growth):
+def _start(model, graph, rule, where, input_growth):
     """Check one rule; note its layer's growth, and the model input its new rows come from."""
     layer = split.layer_at(model, rule, where, split.splittable_keys)
     kind = kinds.kind_of(layer)
-    if kinds.split_kind_of(layer):
-        raise where.error(rule.path, f"layer {rule.layer!r} is split; merge the model before growing it", key=True)
     if kind is None:
         raise where.error(
             rule.path, f"layer {rule.layer!r} is of type {type(layer).__name__}; splitnet grows "
@@ -339,17 +399,18 @@ def _start(model, graph, rule, where, growths, input_growth):
             rule.path, f"layer {rule.layer!r} is made by its parent's code, so its size comes from the "
             "parent's arguments; splitnet grows the layers of Functional and Sequential graphs", key=True,
         )
-    if id(layer) in growths:
+    if id(layer) in graph.growths:
         raise where.error(rule.path, f"layer {rule.layer!r} is named twice", key=True)
-    growth = growths[id(layer)] = Growth(layer, rule.layer, rule.units, rules=[rule], plan=geometry(layer, rule.layer, rule, where))
-    rows_axis, _ = kind.grow_flow(layer, growth.plan)
+    key = graph.key(layer)  # the path, also when the rule names it by a shorter one
+    plan = geometry(layer, key, rule.path, where)
+    growth = graph.growths[id(layer)] = Growth(layer, key, rule.units, rules=[rule], plan=plan, named=True)
     if not rule.rows:
         return
-    if rows_axis is None:
+    if growth.tokens:
         growth.rows = rule.rows  # an embedding's tokens: in its config, not its input
         return
-    if rows_axis != -1:
-        raise where.error(rule.path + ("rows",), f"layer {rule.layer!r}: its rows are axis {rows_axis} of its input, not the last")
+    if not kind.grow_flow(layer, plan)[0]:
+        raise where.error(rule.path + ("rows",), f"layer {rule.layer!r}: its rows are not the last axis of its input")
     index = graph.feeding_input(layer, rule)
     if index in input_growth:
         raise where.error(
@@ -370,21 +431,20 @@ def _rebuild(model, growths, inputs, where):
         layer_config = _input_entry(entry, index, graphs[graph_id] or model.name)["config"]
         layer_config["batch_shape"] = list(layer_config["batch_shape"][:-1]) + [layer_config["batch_shape"][-1] + n]
     for growth in growths.values():
-        kind = kinds.kind_of(growth.layer)
-        tokens = kind is not None and kind.grow_flow(growth.layer, growth.plan)[0] is None
-        if kind is None or not (growth.units or (growth.rows and tokens)):
+        if growth.plan is None or not (growth.units or (growth.rows and growth.tokens)):
             continue  # rows from the input: the rebuilt graph gives them
         parent_key, _, name = growth.key.rpartition("/")
         parent = _entry(config, parent_key)
         entry = _child(parent, name)
         if entry is not None:
-            entry["config"] = kind.grow_config(growth.layer, growth.plan, entry["config"], growth.units, growth.rows)
-        elif not _grow_argument(parent, growth, tokens):
+            entry["config"] = growth.kind.grow_config(growth.layer, growth.plan, entry["config"], growth.units, growth.rows)
+        elif not _grow_argument(parent, growth):
             raise where.error(
                 growth.rules[0].path,
-                f"layer {growth.key!r} is made by the code of {parent.get('class_name')} {parent_key!r}, which "
-                "sets its size from its own arguments; splitnet grows layers listed in a Functional or "
-                "Sequential model's config, and a keras-hub backbone's token embedding",
+                f"layer {growth.key!r} is made by the code of {parent.get('class_name')} "
+                f"{parent_key or model.name!r}, which sets its size from its own arguments; splitnet grows "
+                "layers listed in a Functional or Sequential model's config, and a keras-hub backbone's "
+                "token embedding",
             )
     _forget_built_shapes(config)
     copy = saving.rebuild(model, config)
@@ -392,11 +452,11 @@ def _rebuild(model, growths, inputs, where):
     return copy
 
 
-def _grow_argument(parent, growth, tokens):
+def _grow_argument(parent, growth):
     """Grow a layer that its parent builds from its config: a keras-hub backbone's
     `vocabulary_size` sets its token embedding's tokens (and a tied head's logits)."""
     config = parent.get("config", {})
-    if tokens and not growth.units and config.get("vocabulary_size") == growth.plan.in_dim:
+    if growth.tokens and not growth.units and config.get("vocabulary_size") == growth.plan.in_dim:
         config["vocabulary_size"] += growth.rows
         return True
     return False
@@ -450,67 +510,51 @@ def _fill(model, copy, growths):
     if [type(a).__name__ for _, a in originals] != [type(b).__name__ for _, b in twins]:
         raise ModelError(f"model {model.name!r} does not come back from its config with the same layers")
     for (key, a), (_, b) in zip(originals, twins):
-        b.name = a.name
-        growth = growths.get(id(a))
-        kind = kinds.kind_of(a)
+        b.name = a.name  # a layer whose config leaves out its name gets a new one
+        growth, kind = growths.get(id(a)), kinds.kind_of(a)
         if kind is not None:
             old, fresh = kind.merged_weights(a), kind.merged_weights(b)
-            plan = growth.plan if growth is not None and growth.plan is not None else None
             if growth is None:
-                values = old
+                roles, counts, init = [{}] * len(old), {}, "layer"
             else:
+                roles = kind.grow_roles(a, growth.plan, rows=growth.rows, units=growth.units)
                 counts = {"rows": growth.rows, "units": growth.units}
-                init = next((r.init for r in growth.rules if r.layer == key), "layer")
-                roles = kind.grow_roles(a, plan)
-                values = [grow_array(o, f, r, counts, init) for o, f, r in zip(old, fresh, roles)]
-            _assign(key, b, values, [np.shape(f) for f in fresh])
+                init = growth.rules[0].init if growth.named else "layer"
+            b.set_weights([_grown(key, o, f, r, counts, init) for o, f, r in zip(old, fresh, roles)])
             continue
-        old = [np.asarray(w) for w in tree.own_weights(a)]
-        fresh = [np.asarray(w) for w in tree.own_weights(b)]
-        if growth is not None:  # BatchNormalization: new features get fresh statistics
-            values = [_place(o, f) for o, f in zip(old, fresh)]
-        else:
-            values = old
-        for variable, value in zip(tree.own_weights(b), values):
-            if tuple(variable.shape) != value.shape:
-                raise ModelError(f"layer {key!r} changed shape unexpectedly when the model grew ({value.shape} -> {tuple(variable.shape)})")
-            variable.assign(value)
+        # Not splittable: the same weights, or a BatchNormalization that follows
+        # (its new features get the fresh layer's statistics).
+        roles = {} if growth is None else {-1: ("rows", "out")}
+        counts = {} if growth is None else {"rows": growth.rows}
+        for variable, value in zip(tree.own_weights(b), tree.own_weights(a)):
+            old = np.asarray(value)
+            variable.assign(_grown(key, old, np.asarray(variable), {a % old.ndim: r for a, r in roles.items()}, counts, "layer"))
 
 
-def _assign(key, layer, values, shapes):
-    if [v.shape for v in values] != [tuple(s) for s in shapes]:
+def _grown(key, old, fresh, roles, counts, init):
+    """`grow_array`, after checking that Keras built the shape that growing predicts."""
+    expected = tuple(n + (counts[roles[axis][0]] if axis in roles else 0) for axis, n in enumerate(old.shape))
+    if expected != fresh.shape:
         raise ModelError(
-            f"layer {key!r} changed shape unexpectedly when the model grew: expected "
-            f"{[v.shape for v in values]}, Keras built {[tuple(s) for s in shapes]}"
+            f"layer {key!r} changed shape unexpectedly when the model grew: expected {expected}, Keras built {fresh.shape}"
         )
-    layer.set_weights(values)
+    return grow_array(old, fresh, roles, init)
 
 
-def _place(old, fresh):
-    """`fresh` with `old` in its leading block."""
-    out = np.array(fresh)
-    out[tuple(slice(0, s) for s in old.shape)] = old
-    return out
-
-
-def grow_array(old, fresh, roles, counts, init):
+def grow_array(old, fresh, roles, init):
     """One weight, grown: old entries kept; new inputs into old outputs zero; the rest per `init`.
 
     Args:
         old: The weight before growing.
         fresh: The same weight of the rebuilt layer (its initializers' values).
         roles: `{axis: (count, role)}` from the kind's `grow_roles`.
-        counts: `{"rows": n, "units": n}`.
         init: "layer" (`fresh`), "zeros", or "mean" (the mean of the old outputs along the "mean" axis).
 
     Example:
         >>> grow_array(np.ones((2, 2)), np.full((3, 3), 7.0), {0: ("rows", "in"), 1: ("units", "mean")},
-        ...            {"rows": 1, "units": 1}, "layer").tolist()
+        ...            "layer").tolist()
         [[1.0, 1.0, 7.0], [1.0, 1.0, 7.0], [0.0, 0.0, 7.0]]
     """
-    expected = tuple(s + (counts[roles[a][0]] if a in roles else 0) for a, s in enumerate(old.shape))
-    if expected != fresh.shape:
-        return np.zeros(expected, old.dtype)  # `_assign` reports the difference
     out = np.zeros_like(fresh) if init == "zeros" else np.array(fresh)
     out[tuple(slice(0, s) for s in old.shape)] = old
     outs = [a for a, (_, role) in roles.items() if role != "in"]
@@ -532,28 +576,28 @@ def grow_array(old, fresh, roles, counts, init):
     return out
 
 
-def _freeze_rules(growths, freeze, where):
-    """The default rules (old entries of grown layers frozen) plus the user's, which win."""
-    named = {rule.layer for rule in freeze}
-    defaults = {}
+def _freeze_rules(model, growths, freeze, where):
+    """The default rules (old entries of grown layers frozen) plus the user's, which win.
+
+    Each default rule is located at the grow rule it comes from.
+    """
+    named = {id(tree.find(model, rule.layer)) for rule in freeze}
+    rules = []
     for growth in growths.values():
-        if growth.plan is None or growth.key in named:
-            continue
-        if growth.rules and not any(r.freeze_old for r in growth.rules):
+        if growth.plan is None or id(growth.layer) in named or not any(r.freeze_old for r in growth.rules):
             continue
         plan = growth.plan
-        kind = kinds.kind_of(growth.layer)
-        tokens = kind.grow_flow(growth.layer, plan)[0] is None
-        if growth.units and not (tokens and growth.rows):
+        if growth.units and not (growth.tokens and growth.rows):
             entry = {"units": f":{plan.units}"}
             if plan.use_bias and plan.bias_axis is None:
                 entry["bias"] = True  # a bias shared by all units is old
-        else:
+        else:  # an embedding's old tokens, or a layer's old rows and its bias
             entry = {"rows": f":{plan.in_dim}"}
             if plan.use_bias:
                 entry["bias"] = True
-        defaults[growth.key] = entry
-    return spec_lib.parse_freeze(defaults, where, path=("grow",)) + tuple(freeze)
+        (rule,) = spec_lib.parse_freeze({growth.key: entry}, where, path=("grow",))
+        rules.append(dataclasses.replace(rule, path=growth.rules[0].path))
+    return tuple(rules) + tuple(freeze)
 
 
 __all__ = ["grow_model"]

@@ -393,9 +393,9 @@ def parse_freeze(value, where, path=("freeze",)):
 
 def parse_grow(value, where, path=("grow",)):
     """Check a `grow` mapping (layer name -> units/rows/init/old); return a tuple of `GrowRule`."""
-    if value is None:
-        return ()
-    if not isinstance(value, Mapping) or not value:
+    if value is None or (isinstance(value, Mapping) and not value):
+        raise where.error(path, "nothing to grow; give layer name -> units and/or rows to add")
+    if not isinstance(value, Mapping):
         raise where.error(path, f"expected a mapping of layer name -> units/rows to add, got {_type_name(value)}")
     rules = []
     for name, entry in value.items():
@@ -646,7 +646,7 @@ def load_spec(spec):
         if not isinstance(data["base"], str) or not data["base"]:
             raise where.error(("base",), f"expected the path of a .keras file, got {data['base']!r}")
         base = _resolve(data["base"], folder)
-    grow = parse_grow(data.get("grow"), where)
+    grow = parse_grow(data["grow"], where) if "grow" in data else ()
     freeze = parse_freeze(data.get("freeze"), where)
     train = _parse_train(data.get("train"), where, folder)
     return Spec(model=model, base=base, freeze=freeze, train=train, where=where, grow=grow)

@@ -238,9 +238,9 @@ def build_model(spec):
     else:
         model = load_base(spec.base, spec.where)
     if spec.grow:
-        from splitnet.grow import grown
+        from splitnet.grow import grow_parsed
 
-        return grown(model, spec.grow, spec.freeze, spec.where)
+        return grow_parsed(model, spec.grow, spec.freeze, spec.where)
     # The model is splitnet's own here (just built or loaded): split it in place.
     return split_in_place(model, spec.freeze, spec.where)
 

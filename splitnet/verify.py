@@ -149,7 +149,8 @@ def pair(before, after):
             raise InputError(
                 f"layer {old.key!r} has weights of shapes {shapes[0]} in BEFORE but {shapes[1]} in AFTER"
                 + ("" if old.key == new.key else f" (layer {new.key!r})")
-                + "; are BEFORE and AFTER the same model?"
+                + ("; give the base model first, then the grown one" if all(map(_grown, *shapes[::-1]))
+                   else "; are BEFORE and AFTER the same model?")
             )
     return pairs
 

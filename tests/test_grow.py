@@ -113,12 +113,27 @@ def case(request):
     return base, grown, grow, x, x if x_grown is None else x_grown, old
 
 
-def test_old_outputs_bit_identical_right_after_growing(case):
+# Cases whose grown axis then goes through a reduction (BatchNormalization, an average
+# pool): TensorFlow may vectorize it differently over more channels, so their old outputs
+# agree to float32 rounding (README, Exactness); every other case is bit for bit.
+REDUCED = {"conv-filters"}
+
+
+def test_old_outputs_bit_identical_right_after_growing(case, request):
     base, grown, _, x, x_grown, old = case
     before, after = np.asarray(base(x, training=False)), np.asarray(grown(x_grown, training=False))
     assert after[old].shape == before.shape
-    np.testing.assert_array_equal(after[old], before)
-    assert after.size >= before.size
+    if request.node.callspec.params["case"] in REDUCED:
+        np.testing.assert_allclose(after[old], before, rtol=1e-6, atol=1e-7)
+    else:
+        np.testing.assert_array_equal(after[old], before)
+
+
+def test_compiled_old_outputs_agree_to_float32_rounding(case):
+    # In a tf.function (predict, fit), TensorFlow may fuse the plain layer's matmul,
+    # bias and activation into one kernel whose activation rounds differently.
+    base, grown, _, x, x_grown, old = case
+    np.testing.assert_allclose(grown.predict(x_grown, verbose=0)[old], base.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 def test_grown_layers_have_new_sizes_and_old_entries_frozen(case):
@@ -229,7 +244,7 @@ def test_init_modes_for_new_classes():
 
 
 def test_grow_array_zeroes_new_inputs_into_old_outputs():
-    out = grow_array(np.ones((2, 3)), np.full((4, 5), 9.0), {0: ("rows", "in"), 1: ("units", "mean")}, {"rows": 2, "units": 2}, "mean")
+    out = grow_array(np.ones((2, 3)), np.full((4, 5), 9.0), {0: ("rows", "in"), 1: ("units", "mean")}, "mean")
     np.testing.assert_array_equal(out[:2, :3], 1.0)
     np.testing.assert_array_equal(out[2:, :3], 0.0)  # new rows into old units
     np.testing.assert_array_equal(out[:, 3:], np.broadcast_to(out[:, :3].mean(1, keepdims=True), (4, 2)))
@@ -298,6 +313,67 @@ def _heads_then_dense():
     return perturb(keras.Model(inputs, keras.layers.Dense(3, name="out")(heads)))
 
 
+def _shared_by_two_inputs():
+    a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    shared = keras.layers.Dense(3, name="shared")
+    return perturb(keras.Model([a, b], [shared(a), shared(b)]))
+
+
+def _shared_by_grown_and_plain():
+    inputs = keras.Input((4,), name="x")
+    shared = keras.layers.Dense(3, name="shared")
+    grown = keras.layers.Dense(3, name="pa")(inputs)
+    return perturb(keras.Model(inputs, [shared(grown), shared(keras.layers.Dense(3, name="pb")(inputs))]))
+
+
+def _own_output():
+    inputs = keras.Input((3,), name="x")
+    square = keras.layers.Dense(3, name="sq")
+    return perturb(keras.Model(inputs, square(square(inputs))))
+
+
+def _nested_twice():
+    inner_in = keras.Input((4,))
+    encoder = keras.Model(inner_in, keras.layers.Dense(2, name="proj")(inner_in), name="encoder")
+    a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    return perturb(keras.Model([a, b], keras.layers.Concatenate()([encoder(a), encoder(b)])))
+
+
+def _rescaled():
+    inputs = keras.Input((4,), name="x")
+    h = keras.layers.Rescaling(np.arange(1.0, 7.0), name="scale")(keras.layers.Dense(6, name="h")(inputs))
+    return perturb(keras.Model(inputs, keras.layers.Dense(2, name="out")(h)))
+
+
+def _sparsemax():
+    inputs = keras.Input((4,), name="x")
+    h = keras.layers.Dense(6, activation="sparsemax", name="h")(inputs)
+    return perturb(keras.Model(inputs, keras.layers.Dense(2, name="out")(h)))
+
+
+def _pool_channels_first():
+    inputs = keras.Input((5, 4), name="x")
+    h = keras.layers.Dense(6, name="h")(inputs)
+    return perturb(keras.Model(inputs, keras.layers.GlobalAveragePooling1D(data_format="channels_first", name="pool")(h)))
+
+
+def _heads_then_pool():
+    inputs = keras.Input((5, 8), name="x")
+    heads = keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 2, 4), name="query")(inputs)
+    return perturb(keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="pool")(heads)))
+
+
+def _trailing_ellipsis():
+    inputs = keras.Input((4, 3), name="x")
+    return perturb(keras.Model(inputs, keras.layers.EinsumDense("ab...,bc->ac...", output_shape=(5, 3), name="e")(inputs)))
+
+
+def _grouped_follower():
+    inputs = keras.Input((6, 4), name="x")
+    h = keras.layers.Conv1D(4, 1, name="c1")(inputs)
+    return perturb(keras.Model(inputs, keras.layers.Conv1D(2, 1, groups=2, name="grouped")(h)))
+
+
 def _attention():
     inputs = keras.Input((5, 8), name="x")
     return perturb(keras.Model(inputs, keras.layers.MultiHeadAttention(2, 4, name="attn")(inputs, inputs)))
@@ -320,7 +396,17 @@ def _attention():
         (_hidden_softmax, {"h": {"units": 1}}, "grow.h: layer 'out' (Dense) cannot follow the 1 new features of 'h': 'h' applies a softmax over its units, so its old features change"),
         (_residual, {"h": {"units": 1}}, "grow.h: layer 'add' (Add) cannot follow the 1 new features of 'h': its other inputs do not grow alike"),
         (_concatenated_first, {"h": {"units": 1}}, "grow.h: layer 'concatenate' (Concatenate) cannot follow the 1 new features of 'h': only its last input may grow"),
-        (_heads_then_dense, {"query": {"units": 1}}, "grow.query: layer 'out' (Dense) cannot follow the 1 new features of 'query': they are axis -2 of the output of 'query', not its features (the last axis)"),
+        (_heads_then_dense, {"query": {"units": 1}}, "grow.query: layer 'out' (Dense) cannot follow the 1 new features of 'query': they are not the last axis of the output of 'query' (its features)"),
+        (_shared_by_two_inputs, {"shared": {"rows": 1}}, "grow.shared: layer 'shared' is called at several places, on inputs that grow differently"),
+        (_shared_by_grown_and_plain, {"pa": {"units": 1}}, "grow.pa: layer 'shared' is called at several places, on inputs that grow differently"),
+        (_own_output, {"sq": {"units": 1}}, "grow.sq: layer 'sq' is called at several places, on inputs that grow differently"),
+        (_nested_twice, {"encoder/proj": {"rows": 1}}, "grow.encoder/proj: model 'encoder' is called at several places, on inputs that grow differently"),
+        (_rescaled, {"h": {"units": 1}}, "grow.h: layer 'scale' (Rescaling) cannot follow the 1 new features of 'h': its scale or offset has an entry per feature"),
+        (_sparsemax, {"h": {"units": 1}}, "grow.h: layer 'out' (Dense) cannot follow the 1 new features of 'h': 'h' applies a softmax over its units"),
+        (_pool_channels_first, {"h": {"units": 1}}, "grow.h: layer 'pool' (GlobalAveragePooling1D) cannot follow the 1 new features of 'h': its data_format is channels_first"),
+        (_heads_then_pool, {"query": {"units": 1}}, "grow.query: layer 'pool' (GlobalAveragePooling2D) cannot follow the 1 new features of 'query': they are not the last axis"),
+        (_trailing_ellipsis, {"e": {"rows": 1}}, "grow.e.rows: layer 'e': its rows are not the last axis of its input"),
+        (_grouped_follower, {"c1": {"units": 2}}, "grow.c1: layer 'grouped' is a Conv1D with groups=2"),
         (_attention, {"attn/query": {"units": 1}}, "grow.attn/query: layer 'attn/query' is made by its parent's code, so its size comes from the parent's arguments"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -333,10 +419,51 @@ def test_refusals(build, grow, message):
     assert "\n" not in str(info.value)
 
 
-def test_split_layer_is_refused():
+@pytest.mark.parametrize("grow", [{"classes": {"units": 1}}, {"trunk": {"units": 1}}])
+def test_a_model_with_split_layers_is_refused(grow):
     split = splitnet.split_model(perturb(dense_model()), {"classes": {"units": [0]}})
-    with pytest.raises(SpecError, match="grow.classes: layer 'classes' is split; merge the model before growing it"):
-        splitnet.grow_model(split, {"classes": {"units": 1}})
+    with pytest.raises(SpecError, match=r"^grow\.\w+: layer 'classes' is split; merge the model before growing it$"):
+        splitnet.grow_model(split, grow)
+
+
+def test_new_features_through_a_concatenate_come_from_its_last_input():
+    inner_in = keras.Input((6,), name="inner_in")
+    encoder = keras.Model(inner_in, keras.layers.Dense(5, name="proj")(inner_in), name="encoder")
+    a, b = keras.Input((6,), name="a"), keras.Input((3,), name="b")
+    h = keras.layers.Concatenate()([encoder(a), b])
+    base = perturb(keras.Model([a, b], keras.layers.Dense(4, name="classes")(h)))
+    grown = splitnet.grow_model(base, {"classes": {"rows": 2}})
+    assert [tuple(i.shape) for i in grown.inputs] == [(None, 6), (None, 5)]
+    x = [_floats((3, 6)), _floats((3, 3), seed=2)]
+    np.testing.assert_array_equal(grown([x[0], _pad(x[1], 2)]), base(x))
+
+
+def test_embedding_with_new_tokens_and_dimensions_pads_old_tokens_with_zeros():
+    base = perturb(embedding_model())
+    grown = splitnet.grow_model(base, {"tokens": {"rows": 3, "units": 2}})
+    table = splitnet.merged_weights(grown)["tokens"][0]
+    assert table.shape == (33, 10)
+    np.testing.assert_array_equal(table[:30, 8:], 0.0)  # old tokens: frozen, zero in the new dimensions
+    assert np.std(table[30:]) > 0  # new tokens: from the initializer
+    mask = splitnet.frozen_masks(grown)["tokens"]["embeddings"]
+    assert mask[:30].all() and not mask[30:].any()
+    x = _ids((4, 7), 30)
+    np.testing.assert_array_equal(grown(x), base(x))
+
+
+def test_keras_hub_task_grows_its_backbone_vocabulary_by_a_short_name():
+    import keras_hub
+
+    backbone = perturb(keras_hub.models.GPT2Backbone(
+        vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32, max_sequence_length=8
+    ))
+    lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+    grown = splitnet.grow_model(lm, {"token_embedding": {"rows": 3, "init": "zeros"}}, freeze={"token_embedding": {"rows": ":10"}})
+    layer = grown.backbone.token_embedding
+    assert type(grown) is type(lm) and layer.plan.grown_from == (40, 16) and layer.plan.frozen_rows == tuple(range(10))
+    np.testing.assert_array_equal(splitnet.merged_weights(grown)["gpt2_backbone/token_embedding"][0][40:], 0.0)  # init: zeros
+    x = {"token_ids": _ids((2, 8), 40), "padding_mask": np.ones((2, 8), "int32")}
+    np.testing.assert_array_equal(np.asarray(grown(x))[..., :40], np.asarray(lm(x)))
 
 
 # --- keras-hub: new tokens in a backbone's vocabulary ----------------------------------
@@ -402,3 +529,16 @@ def test_grown_model_exports_and_loads_without_splitnet(tmp_path):
     y = np.load(tmp_path / "y.npy")
     assert y.shape == (6, 8)
     np.testing.assert_allclose(y, grown.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("grow", [None, {}])
+def test_empty_grow_is_refused(grow):
+    with pytest.raises(SpecError, match="^grow: nothing to grow; give layer name -> units and/or rows to add$"):
+        splitnet.load_spec({"model": {"input_shape": [2], "layers": [{"type": "Dense", "units": 1}]}, "grow": grow})
+
+
+def test_verify_with_base_and_grown_swapped_says_so():
+    base = perturb(dense_model())
+    grown = splitnet.grow_model(base, {"classes": {"units": 2}})
+    with pytest.raises(splitnet.errors.InputError, match="give the base model first, then the grown one$"):
+        splitnet.verify(grown, base)

@@ -195,9 +195,9 @@ class _EinsumKind(Kind):
         return {**config, "output_shape": shape}
 
     def grow_flow(self, layer, plan):
-        eq = Equation.parse(layer.equation)
-        rows, units = eq.kernel[plan.row_axis], eq.kernel[plan.unit_axis]
-        return eq.inputs.index(rows) - len(eq.inputs), eq.output.index(units) - len(eq.output)
+        lhs, rest = layer.equation.replace(" ", "").split(",")
+        kernel, output = rest.split("->")
+        return lhs.endswith(kernel[plan.row_axis]), output.endswith(kernel[plan.unit_axis])
 
 
 KIND = _EinsumKind()

@@ -229,18 +229,19 @@ class _EmbeddingKind(Kind):
         """New token ids are `rows` (input_dim), new dimensions `units` (output_dim)."""
         return {**config, "input_dim": config["input_dim"] + rows, "output_dim": config["output_dim"] + units}
 
-    def grow_roles(self, layer, plan):
-        """New tokens start from `init`. New dimensions do too, except in a tied table,
-        whose dimensions are also the inputs of its logits: there an old token's
-        new dimensions start at zero, so its logit does not change."""
-        tied = getattr(layer, "tie_weights", True)
-        roles = [{0: ("rows", "mean"), 1: ("units", "in" if tied and self._reversible(layer) else "out")}]
+    def grow_roles(self, layer, plan, rows=0, units=0):
+        """New tokens start from `init`. New dimensions do too, except where an old
+        token's new dimensions start at zero: in a tied table, whose dimensions are
+        also the inputs of its logits (so an old token's logit does not change), and
+        when tokens grow too (the old tokens are then frozen, zero-padded)."""
+        tied = getattr(layer, "tie_weights", True) and self._reversible(layer)
+        roles = [{0: ("rows", "mean"), 1: ("units", "in" if tied or rows else "out")}]
         if not tied:
             roles.append({0: ("units", "in"), 1: ("rows", "mean")})  # reverse_embeddings
         return roles
 
     def grow_flow(self, layer, plan):
-        return None, -1
+        return None, True
 
     def _reversible(self, layer):
         return type(layer) is not keras.layers.Embedding

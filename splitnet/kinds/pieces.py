@@ -729,14 +729,15 @@ class Kind:
         """`config` with `units` more units (rows that come from the input need no change)."""
         return {**config, self.units_key: config[self.units_key] + units}
 
-    def grow_roles(self, layer, plan):
+    def grow_roles(self, layer, plan, rows=0, units=0):
         """How each weight (in `merged_weights` order) grows: `{axis: (count, role)}`.
 
         `count` ("rows" or "units") is how much the axis grows by. `role` is
         "in" for an axis of inputs: its new entries start at zero where they
         meet old outputs, so old outputs do not change; "out" for an axis of
         outputs: new entries start from the rule's `init`; "mean": an "out"
-        axis that `init: mean` averages over.
+        axis that `init: mean` averages over. `rows` and `units`: how much
+        the layer grows.
         """
         roles = [{plan.row_axis: ("rows", "in"), plan.unit_axis: ("units", "mean")}]
         if plan.use_bias:
@@ -744,9 +745,10 @@ class Kind:
         return roles
 
     def grow_flow(self, layer, plan):
-        """`(input axis, output axis)` that carry the layer's rows and units, counted from
-        the end; None where they are not a tensor axis (an embedding's token ids)."""
-        return -1, -1
+        """`(rows, units)`: whether the rows are the last axis of the layer's input (None
+        when they are not a tensor axis: an embedding's token ids), and whether the units
+        are the last axis of its output. Growth moves along last axes only."""
+        return True, True
 
     def plain_entry(self, entry):
         """A serialized split layer -> the serialized plain layer it was split from."""
