@@ -60,7 +60,7 @@ def test_mapping_errors_have_no_file_prefix():
     with pytest.raises(splitnet.SpecError) as info:
         load_spec({"model": {"input_shape": [4], "layers": [{"type": "Dense", "units": 3}]}, "freez": {}})
     assert str(info.value) == (
-        "freez: unknown key 'freez'; did you mean 'freeze'? (allowed: model, base, freeze, train)"
+        "freez: unknown key 'freez'; did you mean 'freeze'? (allowed: model, base, grow, freeze, train)"
     )
 
 
