@@ -120,7 +120,7 @@ class _Graph:
         self.alias = {}  # id(tensor) -> the tensor it is: a nested model's input or an outer output
         self.nodes = {}  # id(layer) -> its calls in these graphs
         self.inputs = {}  # (id(graph), input index) -> how much that input grows
-        self.calls = {}  # id(layer or graph) -> (the growth its first call read, that call's rule)
+        self.calls = {}  # id(layer or nested model) -> (the growth its first call read, that call's rule)
         graph = compat.graph_of(model)
         if graph is None:
             raise ModelError(f"model {model.name!r} is subclassed; splitnet grows Functional and Sequential models")
@@ -225,7 +225,7 @@ class _Graph:
         inner = compat.graph_of(op) if isinstance(op, keras.Model) else None
         kind = kinds.kind_of(op)
         if inner is not None:
-            self._same_every_call(inner, ins, "model")
+            self._same_every_call(op, ins, "model")
             return self._run(inner, ins)
         grown = [f for f in ins if f is not None]
         for flow in grown:

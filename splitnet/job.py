@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 
 from splitnet import spec as spec_lib
+from splitnet import summary
 from splitnet.callbacks import EpochCheckpoint, InterruptAtBatchEnd, StopOnNonFiniteLoss
 from splitnet.errors import InputError, SplitnetError
 from splitnet.export import export_saved_model, max_difference, probe_inputs
@@ -32,7 +33,6 @@ from splitnet.files import (
     save_keras,
 )
 from splitnet.split import build_model
-from splitnet.summary import describe
 from splitnet.train import DataError, compile_model, for_file, get_data, set_learning_rate, settings_dict, settings_from
 from splitnet.verify import compare, snapshot
 
@@ -304,7 +304,7 @@ def _finish(spec, model, out_dir, settings, check, loss_before, loss_after):
             "output": str(out_dir),
             "saved_model": str(out_dir / "saved_model"),
             "split_model": str(out_dir / "split.keras"),
-            "grown": {row["layer"]: row["grown"] for row in describe(model)["layers"] if row.get("grown")},
+            "grown": summary.grown(model),
         }
         if spec.source is not None:
             (tmp / "spec.yaml").write_text(Path(spec.source).read_text(encoding="utf-8"), encoding="utf-8")

@@ -342,20 +342,31 @@ def _parse_index_item(value, path, where):
     )
 
 
-def parse_freeze(value, where, path=("freeze",)):
-    """Check a `freeze` mapping; return a tuple of `FreezeRule`."""
-    if value is None:
-        return ()
+def _layer_entries(value, where, path, keys, nothing):
+    """`(name, path, entry)` of each layer of a `freeze`/`grow` mapping, its keys checked.
+
+    `nothing`: the message for an empty entry.
+    """
+    what = "/".join(keys)
     if not isinstance(value, Mapping):
-        raise where.error(path, f"expected a mapping of layer name -> units/rows/bias, got {_type_name(value)}")
-    rules = []
+        raise where.error(path, f"expected a mapping of layer name -> {what}, got {_type_name(value)}")
     for name, entry in value.items():
         sub = path + (name,)
         if not isinstance(name, str) or not name:
             raise where.error(sub, f"a layer name must be a non-empty string, got {name!r}", key=True)
         if entry is None or (isinstance(entry, Mapping) and not entry):
-            raise where.error(sub, "nothing to freeze; give units, rows and/or bias: true (or heads)")
-        _check_mapping(entry, sub, where, _FREEZE_KEYS, "units/rows/bias/axis/heads")
+            raise where.error(sub, nothing)
+        _check_mapping(entry, sub, where, keys, what)
+        yield name, sub, entry
+
+
+def parse_freeze(value, where, path=("freeze",)):
+    """Check a `freeze` mapping; return a tuple of `FreezeRule`."""
+    if value is None:
+        return ()
+    rules = []
+    nothing = "nothing to freeze; give units, rows and/or bias: true (or heads)"
+    for name, sub, entry in _layer_entries(value, where, path, _FREEZE_KEYS, nothing):
         bias = entry.get("bias", False)
         bias = bool(bias) if isinstance(bias, np.bool_) else bias
         if not isinstance(bias, bool):
@@ -374,7 +385,7 @@ def parse_freeze(value, where, path=("freeze",)):
                     key=True,
                 )
         elif units is None and rows is None and not bias:
-            raise where.error(sub, "nothing to freeze; give units, rows and/or bias: true (or heads)")
+            raise where.error(sub, nothing)
         if axis is not None and not (isinstance(axis, str) and len(axis) == 1 and axis.isalpha()):
             raise where.error(sub + ("axis",), f"expected one letter of the layer's einsum equation, got {axis!r}")
         rules.append(
@@ -395,16 +406,9 @@ def parse_grow(value, where, path=("grow",)):
     """Check a `grow` mapping (layer name -> units/rows/init/old); return a tuple of `GrowRule`."""
     if value is None or (isinstance(value, Mapping) and not value):
         raise where.error(path, "nothing to grow; give layer name -> units and/or rows to add")
-    if not isinstance(value, Mapping):
-        raise where.error(path, f"expected a mapping of layer name -> units/rows to add, got {_type_name(value)}")
     rules = []
-    for name, entry in value.items():
-        sub = path + (name,)
-        if not isinstance(name, str) or not name:
-            raise where.error(sub, f"a layer name must be a non-empty string, got {name!r}", key=True)
-        if entry is None or (isinstance(entry, Mapping) and not entry):
-            raise where.error(sub, "nothing to grow; give units and/or rows (how many to add)")
-        _check_mapping(entry, sub, where, _GROW_KEYS, "units/rows/init/old")
+    nothing = "nothing to grow; give units and/or rows (how many to add)"
+    for name, sub, entry in _layer_entries(value, where, path, _GROW_KEYS, nothing):
         counts = {}
         for key in ("units", "rows"):
             count = entry.get(key, 0)
@@ -413,7 +417,7 @@ def parse_grow(value, where, path=("grow",)):
                 raise where.error(sub + (key,), f"expected how many {key} to add (a positive integer), got {count!r}")
             counts[key] = count
         if not counts["units"] and not counts["rows"]:
-            raise where.error(sub, "nothing to grow; give units and/or rows (how many to add)")
+            raise where.error(sub, nothing)
         init = entry.get("init", "layer")
         if init not in GROW_INITS:
             raise where.error(sub + ("init",), f"expected one of {', '.join(GROW_INITS)}, got {init!r}{suggest(init, GROW_INITS)}")

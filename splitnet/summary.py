@@ -64,6 +64,17 @@ def describe(model, optimizer=None):
     }
 
 
+def grown(model):
+    """`{layer key: what grew}` ("units 10->15") for each split layer that `grow_model` made bigger."""
+    out = {}
+    for key, layer in tree.walk(model):
+        kind = kinds.split_kind_of(layer)
+        what = None if kind is None else kind.describe_growth(layer)
+        if what:
+            out[key] = what
+    return out
+
+
 def format_table(info):
     """The `describe` dict as an aligned text table with a totals line."""
     head = ["layer", "kind", "shape", "frozen units", "frozen rows", "bias", "trainable", "frozen"]

@@ -1,5 +1,7 @@
 """Growing a trained model: new units, input rows and tokens, old entries frozen and unchanged."""
 
+from functools import partial
+
 import keras
 import numpy as np
 import pytest
@@ -295,9 +297,9 @@ def _normalized():
     return perturb(keras.Model(inputs, keras.layers.Dense(2, name="out")(h)))
 
 
-def _hidden_softmax():
+def _hidden(activation):
     inputs = keras.Input((4,), name="x")
-    h = keras.layers.Dense(5, activation="softmax", name="h")(inputs)
+    h = keras.layers.Dense(5, activation=activation, name="h")(inputs)
     return perturb(keras.Model(inputs, keras.layers.Dense(2, name="out")(h)))
 
 
@@ -345,12 +347,6 @@ def _rescaled():
     return perturb(keras.Model(inputs, keras.layers.Dense(2, name="out")(h)))
 
 
-def _sparsemax():
-    inputs = keras.Input((4,), name="x")
-    h = keras.layers.Dense(6, activation="sparsemax", name="h")(inputs)
-    return perturb(keras.Model(inputs, keras.layers.Dense(2, name="out")(h)))
-
-
 def _pool_channels_first():
     inputs = keras.Input((5, 4), name="x")
     h = keras.layers.Dense(6, name="h")(inputs)
@@ -393,7 +389,7 @@ def _attention():
         (dense_model, {"classes": {"rows": 2}}, "grow.classes.rows: layer 'classes' is fed by 'trunk' (Dense), not by a model input, so its input cannot grow alone; grow the units of 'trunk' instead"),
         (_flattened, {"h": {"units": 1}}, "grow.h: layer 'flatten' (Flatten) cannot follow the 1 new features of 'h': splitnet grows through"),
         (_normalized, {"h": {"units": 1}}, "grow.h: layer 'norm' (LayerNormalization) cannot follow the 1 new features of 'h'"),
-        (_hidden_softmax, {"h": {"units": 1}}, "grow.h: layer 'out' (Dense) cannot follow the 1 new features of 'h': 'h' applies a softmax over its units, so its old features change"),
+        (partial(_hidden, "softmax"), {"h": {"units": 1}}, "grow.h: layer 'out' (Dense) cannot follow the 1 new features of 'h': 'h' applies a softmax over its units, so its old features change"),
         (_residual, {"h": {"units": 1}}, "grow.h: layer 'add' (Add) cannot follow the 1 new features of 'h': its other inputs do not grow alike"),
         (_concatenated_first, {"h": {"units": 1}}, "grow.h: layer 'concatenate' (Concatenate) cannot follow the 1 new features of 'h': only its last input may grow"),
         (_heads_then_dense, {"query": {"units": 1}}, "grow.query: layer 'out' (Dense) cannot follow the 1 new features of 'query': they are not the last axis of the output of 'query' (its features)"),
@@ -402,7 +398,7 @@ def _attention():
         (_own_output, {"sq": {"units": 1}}, "grow.sq: layer 'sq' is called at several places, on inputs that grow differently"),
         (_nested_twice, {"encoder/proj": {"rows": 1}}, "grow.encoder/proj: model 'encoder' is called at several places, on inputs that grow differently"),
         (_rescaled, {"h": {"units": 1}}, "grow.h: layer 'scale' (Rescaling) cannot follow the 1 new features of 'h': its scale or offset has an entry per feature"),
-        (_sparsemax, {"h": {"units": 1}}, "grow.h: layer 'out' (Dense) cannot follow the 1 new features of 'h': 'h' applies a softmax over its units"),
+        (partial(_hidden, "sparsemax"), {"h": {"units": 1}}, "grow.h: layer 'out' (Dense) cannot follow the 1 new features of 'h': 'h' applies a softmax over its units"),
         (_pool_channels_first, {"h": {"units": 1}}, "grow.h: layer 'pool' (GlobalAveragePooling1D) cannot follow the 1 new features of 'h': its data_format is channels_first"),
         (_heads_then_pool, {"query": {"units": 1}}, "grow.query: layer 'pool' (GlobalAveragePooling2D) cannot follow the 1 new features of 'query': they are not the last axis"),
         (_trailing_ellipsis, {"e": {"rows": 1}}, "grow.e.rows: layer 'e': its rows are not the last axis of its input"),

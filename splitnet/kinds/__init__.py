@@ -23,9 +23,10 @@ Each kind is one module (`dense.py`, `conv.py`, `einsum.py`,
 * `plain_entry(entry)`: the serialized plain layer for a serialized split
   one (what `merge_model` writes into the model config).
 * Growing (`splitnet.grow`): `grow_config(layer, plan, config, units, rows)`,
-  the config of the bigger layer; `grow_roles(layer, plan)`, how each weight's
-  axes grow (inputs start at zero into old outputs, outputs from `init`);
-  `grow_flow(layer, plan)`, which tensor axes carry its rows and units.
+  the config of the bigger layer; `grow_roles(layer, plan, rows, units)`, how
+  each weight's axes grow (inputs start at zero into old outputs, outputs from
+  `init`); `grow_flow(layer, plan)`, whether its rows and units are the last
+  axes of its input and output.
 
 Everything else (spec, split, merge, verify, inspect, export) asks the kind,
 so a new kind is one module here plus its tests.
