@@ -319,7 +319,7 @@ class _Graph:
 # ------------------------------------------------------------------------------------
 
 
-def grow_model(model, grow, freeze=None):
+def grow_model(model, grow, freeze=None, form="in_place"):
     """Return a split copy of `model` whose named layers have more units and/or input rows.
 
     The new entries train; the old ones are frozen (unless a rule says
@@ -335,6 +335,7 @@ def grow_model(model, grow, freeze=None):
             outputs start), `old` (`frozen` or `trainable`).
         freeze: Optional `freeze` rules on the grown model (its new sizes);
             a rule for a grown layer replaces its default.
+        form: How split layers are made, as for `split_model`.
 
     Returns:
         The grown split model, compiled as `model` was (fresh optimizer).
@@ -353,10 +354,11 @@ def grow_model(model, grow, freeze=None):
         ((None, 5), [(4, 2), (2,)])
     """
     where = spec_lib.Where()
-    return grow_parsed(model, spec_lib.parse_grow(grow, where), spec_lib.parse_freeze(freeze, where), where)
+    rules, freeze = spec_lib.parse_grow(grow, where), spec_lib.parse_freeze(freeze, where)
+    return grow_parsed(model, rules, freeze, where, spec_lib.check_form(form, where))
 
 
-def grow_parsed(model, rules, freeze, where):
+def grow_parsed(model, rules, freeze, where, form="in_place"):
     """`grow_model` on parsed rules (`spec.GrowRule`, `spec.FreezeRule`); errors located by `where`."""
     split_layer = next((key for key, layer in tree.walk(model) if kinds.split_kind_of(layer)), None)
     if split_layer is not None:
@@ -373,12 +375,12 @@ def grow_parsed(model, rules, freeze, where):
     targets = split.plan_layers(copy, _freeze_rules(model, growths, freeze, where), where)
     old = {growth.key: growth.plan for growth in growths.values() if growth.plan is not None}
     paths = {id(layer): key for key, layer in tree.walk(copy)}  # a rule may name a layer by a shorter path
-    for layer, key, plan, kind, _ in targets.values():
-        before = old.get(paths[id(layer)])
+    for layer_id, (layer, key, plan, kind, rule) in list(targets.items()):
+        before = old.get(paths[layer_id])
         if before is not None:
             plan = dataclasses.replace(plan, grown_from=(before.in_dim, before.units))
-        kind.install(layer, plan, key)
-    kinds.after_split(copy)
+        targets[layer_id] = (layer, key, plan, kind, rule)
+    copy = split.split_targets(copy, targets, form, where)
     saving.recompile(copy, model)
     if getattr(copy, "optimizer", None) is not None:
         copy.optimizer.build(copy.trainable_variables)
@@ -427,15 +429,15 @@ def _rebuild(model, growths, inputs, where):
     graphs = {id(compat.graph_of(m)): key for key, m in [("", model)] + list(tree.walk(model))
               if isinstance(m, keras.Model) and compat.graph_of(m) is not None}
     for (graph_id, index), n in inputs.items():
-        entry = _entry(config, graphs[graph_id])
+        entry = saving.config_entry(config, graphs[graph_id])
         layer_config = _input_entry(entry, index, graphs[graph_id] or model.name)["config"]
         layer_config["batch_shape"] = list(layer_config["batch_shape"][:-1]) + [layer_config["batch_shape"][-1] + n]
     for growth in growths.values():
         if growth.plan is None or not (growth.units or (growth.rows and growth.tokens)):
             continue  # rows from the input: the rebuilt graph gives them
         parent_key, _, name = growth.key.rpartition("/")
-        parent = _entry(config, parent_key)
-        entry = _child(parent, name)
+        parent = saving.config_entry(config, parent_key)
+        entry = saving.config_child(parent, name)
         if entry is not None:
             entry["config"] = growth.kind.grow_config(growth.layer, growth.plan, entry["config"], growth.units, growth.rows)
         elif not _grow_argument(parent, growth):
@@ -470,27 +472,6 @@ def _forget_built_shapes(entry):
     for layer in entry.get("config", {}).get("layers", []):
         layer.pop("build_config", None)
         _forget_built_shapes(layer)
-
-
-def _entry(config, key):
-    """The serialized (nested) model or layer at `key` ("" for the top)."""
-    entry = config
-    for part in [p for p in key.split("/") if p]:
-        entry = _child(entry, part)
-        if entry is None:
-            raise ModelError(f"{key!r} is not in the model's config")
-    return entry
-
-
-def _child(entry, name):
-    """The serialized layer `name` that `entry` lists in its config (`layers`, or an
-    argument such as a keras-hub task's `backbone`), or None."""
-    config = entry.get("config", {})
-    candidates = list(config.get("layers", [])) + [v for v in config.values() if isinstance(v, dict)]
-    for child in candidates:
-        if isinstance(child.get("config"), dict) and child["config"].get("name") == name:
-            return child
-    return None
 
 
 def _input_entry(model_entry, index, name):

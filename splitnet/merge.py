@@ -8,7 +8,7 @@ in the model config replaced by the plain ones (`saving.plain_copy`).
 
 from __future__ import annotations
 
-from splitnet import kinds, saving, tree
+from splitnet import functional, kinds, saving, tree
 
 
 def merged_weights(model):
@@ -32,7 +32,7 @@ def merged_weights(model):
         True
     """
     out = {}
-    for key, layer in tree.walk(model):
+    for key, layer in kinds.walk(model):
         kind = kinds.any_kind_of(layer)
         if kind is not None and layer.built:
             out[key] = kind.merged_weights(layer)
@@ -66,4 +66,12 @@ def merge_model(model):
         >>> type(merged.get_layer("d")).__name__, merged.get_layer("d").trainable
         ('Dense', True)
     """
-    return saving.plain_copy(model)
+    merged = functional.merge(model)
+    if merged is None:
+        return saving.plain_copy(model)
+    if any(kinds.split_kind_of(layer) for _, layer in tree.walk(merged)):
+        return saving.plain_copy(merged)  # some layers were split in place too
+    saving.recompile(merged, model)
+    if getattr(merged, "optimizer", None) is not None:
+        merged.optimizer.build(merged.trainable_variables)
+    return merged

@@ -346,3 +346,24 @@ def _plain_config(node):
     if isinstance(node, list):
         return [_plain_config(v) for v in node]
     return node
+
+
+def config_entry(config, key):
+    """The serialized (nested) model or layer at `key` ("" for the top)."""
+    entry = config
+    for part in [p for p in key.split("/") if p]:
+        entry = config_child(entry, part)
+        if entry is None:
+            raise ModelError(f"{key!r} is not in the model's config")
+    return entry
+
+
+def config_child(entry, name):
+    """The serialized layer `name` that `entry` lists in its config (`layers`, or an
+    argument such as a keras-hub task's `backbone`), or None."""
+    config = entry.get("config", {})
+    candidates = list(config.get("layers", [])) + [v for v in config.values() if isinstance(v, dict)]
+    for child in candidates:
+        if isinstance(child.get("config"), dict) and child["config"].get("name") == name:
+            return child
+    return None

@@ -25,7 +25,9 @@ import yaml
 
 from splitnet.errors import SpecError
 
-_TOP_KEYS = ("model", "base", "grow", "freeze", "train")
+_TOP_KEYS = ("model", "base", "form", "grow", "freeze", "train")
+# How split layers are made: see `splitnet.functional` and `split_model`.
+FORMS = ("auto", "functional", "in_place")
 _MODEL_KEYS = ("name", "input_shape", "input_dtype", "layers")
 _FREEZE_KEYS = ("units", "rows", "bias", "axis", "heads")
 _GROW_KEYS = ("units", "rows", "init", "old")
@@ -184,6 +186,7 @@ class Spec:
         grow: One `GrowRule` per layer named in `grow`, in spec order.
         freeze: One `FreezeRule` per layer named in `freeze`, in spec order.
         train: Training settings.
+        form: How split layers are made: "auto", "functional" or "in_place".
         where: Locates key paths in the spec file for error messages.
     """
 
@@ -193,6 +196,7 @@ class Spec:
     train: TrainSpec
     where: Where = dataclasses.field(repr=False, compare=False, default_factory=Where)
     grow: tuple = ()
+    form: str = "in_place"
 
     @property
     def source(self):
@@ -358,6 +362,13 @@ def _layer_entries(value, where, path, keys, nothing):
             raise where.error(sub, nothing)
         _check_mapping(entry, sub, where, keys, what)
         yield name, sub, entry
+
+
+def check_form(value, where, path=("form",)):
+    """Check a `form` value (`auto`, `functional` or `in_place`); return it."""
+    if value not in FORMS:
+        raise where.error(path, f"expected one of {', '.join(FORMS)}, got {value!r}{suggest(str(value), FORMS)}")
+    return value
 
 
 def parse_freeze(value, where, path=("freeze",)):
@@ -636,7 +647,7 @@ def load_spec(spec):
 
     if data is None:
         raise where.error((), "the spec is empty; it needs `model` or `base`, and `freeze` or `grow`")
-    _check_mapping(data, (), where, _TOP_KEYS, "model/base/grow/freeze/train")
+    _check_mapping(data, (), where, _TOP_KEYS, "model/base/form/grow/freeze/train")
     has_model, has_base = "model" in data, "base" in data
     if has_model == has_base:
         raise where.error(
@@ -653,4 +664,5 @@ def load_spec(spec):
     grow = parse_grow(data["grow"], where) if "grow" in data else ()
     freeze = parse_freeze(data.get("freeze"), where)
     train = _parse_train(data.get("train"), where, folder)
-    return Spec(model=model, base=base, freeze=freeze, train=train, where=where, grow=grow)
+    form = check_form(data.get("form", "in_place"), where)
+    return Spec(model=model, base=base, freeze=freeze, train=train, where=where, grow=grow, form=form)

@@ -13,7 +13,7 @@ import re
 
 import keras
 
-from splitnet import kinds, saving, spec as spec_lib, tree
+from splitnet import functional, kinds, saving, spec as spec_lib, tree
 from splitnet.errors import ModelError
 from splitnet.files import ModelFileError, load_keras
 
@@ -45,7 +45,7 @@ def frozen_masks(model):
     """
     trainable = tree.trainable_ids(model)
     out = {}
-    for key, layer in tree.walk(model):
+    for key, layer in kinds.walk(model):
         kind = kinds.any_kind_of(layer)
         if kind is not None and layer.built:
             masks = kind.masks(layer, trainable)
@@ -56,7 +56,7 @@ def frozen_masks(model):
 
 def splittable_keys(model):
     """Keys of every layer a rule may name (for suggestions)."""
-    return [key for key, layer in tree.walk(model) if kinds.any_kind_of(layer)]
+    return [key for key, layer in kinds.walk(model) if kinds.any_kind_of(layer)]
 
 
 def plan_layers(model, rules, where):
@@ -68,7 +68,7 @@ def plan_layers(model, rules, where):
     targets = {}
     for rule in _expand_heads(model, rules, where):
         layer = layer_at(model, rule, where, splittable_keys)
-        if kinds.split_kind_of(layer):
+        if kinds.split_kind_of(layer) or functional.is_split(layer):
             raise where.error(rule.path, f"layer {rule.layer!r} is already split; merge the model first", key=True)
         kind = kinds.kind_of(layer)
         if kind is None:
@@ -132,7 +132,7 @@ def split_in_place(model, rules, where):
     return model
 
 
-def split_model(model, freeze):
+def split_model(model, freeze, form="in_place"):
     """Return a copy of `model` whose named layers are split into frozen and trainable pieces.
 
     Args:
@@ -142,6 +142,13 @@ def split_model(model, freeze):
         freeze: A mapping like the spec's `freeze` section, e.g.
             `{"head": {"units": "0:10"}, "encoder/proj": {"rows": [0, 1]}}`.
             Layers are named by their path of layer names, at any depth.
+        form: How split layers are made (see `splitnet.functional`):
+            "functional" replaces each named layer, in its model's graph, by a
+            nested model of plain Keras pieces of its own class (it loads and
+            trains without splitnet); "in_place" keeps the layer object and
+            holds its weights in pieces (it reaches layers inside subclassed
+            layers); "auto" uses the functional form wherever it applies and
+            the in-place form elsewhere.
 
     Returns:
         A copy of the model (same class, names and configs) that computes the
@@ -151,7 +158,8 @@ def split_model(model, freeze):
 
     Raises:
         SpecError: `freeze` is invalid for this model (message starts with
-            the key path, e.g. `freeze.head.units[0]:`).
+            the key path, e.g. `freeze.head.units[0]:`), or `form` is
+            "functional" and a named layer cannot be reached in a graph.
         ModelError: the model cannot be copied (Keras cannot rebuild it from
             its config, e.g. a custom layer whose `get_config` does not match
             its `__init__`).
@@ -166,11 +174,37 @@ def split_model(model, freeze):
     """
     where = spec_lib.Where()
     rules = spec_lib.parse_freeze(freeze, where)
-    plan_layers(model, rules, where)  # refuse a bad spec before copying anything
-    copy = saving.copy_model(model)  # compiled as `model` is, with a fresh optimizer
-    split_in_place(copy, rules, where)
+    form = spec_lib.check_form(form, where)
+    targets = plan_layers(model, rules, where)  # refuse a bad spec before copying anything
+    copy = split_targets(model, targets, form, where)
+    saving.recompile(copy, model)  # compiled as `model` is, with a fresh optimizer
     if getattr(copy, "optimizer", None) is not None:
         copy.optimizer.build(copy.trainable_variables)  # for the split variables
+    return copy
+
+
+def split_targets(model, targets, form, where):
+    """A split copy of `model` (not compiled): each target `(layer, key, plan, kind, rule)`
+    in the functional form where `form` lets it and it applies, else in place."""
+    functional_targets, in_place = {}, []
+    paths = {id(layer): key for key, layer in tree.walk(model)}  # a rule may name a layer by a shorter path
+    for layer_id, (layer, key, plan, kind, rule) in targets.items():
+        path = paths[layer_id]
+        why = None if form == "in_place" else functional.why_not(model, path, layer, plan, kind)
+        if form == "functional" and why is not None:
+            raise where.error(
+                rule.path,
+                f"layer {key!r} cannot be split in the functional form: {why}; use form: in_place (or auto)",
+                key=True,
+            )
+        if form == "in_place" or why is not None:
+            in_place.append((path, key, plan, kind))
+        else:
+            functional_targets[layer_id] = (layer, path, plan, kind, rule)
+    copy = functional.split(model, functional_targets) if functional_targets else saving.copy_model(model)
+    for path, key, plan, kind in in_place:
+        kind.install(tree.find(copy, path), plan, key)
+    kinds.after_split(copy)
     return copy
 
 
@@ -240,9 +274,10 @@ def build_model(spec):
     if spec.grow:
         from splitnet.grow import grow_parsed
 
-        return grow_parsed(model, spec.grow, spec.freeze, spec.where)
-    # The model is splitnet's own here (just built or loaded): split it in place.
-    return split_in_place(model, spec.freeze, spec.where)
+        return grow_parsed(model, spec.grow, spec.freeze, spec.where, spec.form)
+    if spec.form == "in_place":  # the model is splitnet's own here (just built or loaded)
+        return split_in_place(model, spec.freeze, spec.where)
+    return split_targets(model, plan_layers(model, spec.freeze, spec.where), spec.form, spec.where)
 
 
 __all__ = ["build_model", "split_model", "frozen_masks"]

@@ -43,7 +43,7 @@ def describe(model, optimizer=None):
     slots = slots_per_entry(optimizer) if optimizer is not None else None
     trainable_ids = tree.trainable_ids(model)
     rows = []
-    for key, layer in tree.walk(model):
+    for key, layer in kinds.walk(model):
         kind = kinds.any_kind_of(layer)
         if kind is None or not layer.built:
             continue
@@ -67,7 +67,7 @@ def describe(model, optimizer=None):
 def grown(model):
     """`{layer key: what grew}` ("units 10->15") for each split layer that `grow_model` made bigger."""
     out = {}
-    for key, layer in tree.walk(model):
+    for key, layer in kinds.walk(model):
         kind = kinds.split_kind_of(layer)
         what = None if kind is None else kind.describe_growth(layer)
         if what:
@@ -132,7 +132,7 @@ def plot_masks(model, path):
     if not masks:
         raise ValueError(f"model {model.name!r} has no frozen entries to plot")
     fig, axes = plt.subplots(1, len(masks), figsize=(4 * len(masks), 4), squeeze=False)
-    layers = dict(tree.walk(model))
+    layers = dict(kinds.walk(model))
     for ax, (key, mask) in zip(axes[0], masks.items()):
         layer = layers[key]
         picture = kinds.any_kind_of(layer).picture(layer, mask)

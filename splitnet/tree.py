@@ -11,11 +11,12 @@ from __future__ import annotations
 from splitnet import compat
 
 
-def walk(model):
+def walk(model, whole=None):
     """Yield `(key, layer)` for every layer under `model`, depth first.
 
     A layer held in several places (a shared layer) is yielded once, under
-    the first path that reaches it.
+    the first path that reaches it. A layer for which `whole(layer)` is true
+    is yielded but not entered (a functional split stands for one layer).
     """
     seen = set()
 
@@ -26,7 +27,8 @@ def walk(model):
             seen.add(id(child))
             key = f"{prefix}{child.name}"
             yield key, child
-            yield from visit(child, key + "/")
+            if whole is None or not whole(child):
+                yield from visit(child, key + "/")
 
     yield from visit(model, "")
 

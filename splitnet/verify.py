@@ -78,7 +78,7 @@ def snapshot(model):
     """
     trainable = tree.trainable_ids(model)
     out = []
-    for key, layer in tree.walk(model):
+    for key, layer in kinds.walk(model):
         kind = kinds.any_kind_of(layer)
         if kind is not None and layer.built:
             values = kind.merged_weights(layer)

@@ -34,6 +34,7 @@ so a new kind is one module here plus its tests.
 
 from __future__ import annotations
 
+from splitnet import tree
 from splitnet.kinds import conv, dense, einsum, embedding
 from splitnet.kinds.einsum import heads_rules  # noqa: F401 - `heads:` rules, expanded by `split.py`
 
@@ -57,8 +58,23 @@ def split_kind_of(layer):
 
 
 def any_kind_of(layer):
-    """The kind of `layer`, split or plain, or None."""
-    return split_kind_of(layer) or kind_of(layer)
+    """The kind of `layer`, split (in place or functional) or plain, or None."""
+    return split_kind_of(layer) or kind_of(layer) or functional_kind_of(layer)
+
+
+def functional_kind_of(layer):
+    """The kind of the plain layer a functional split (a nested model of pieces) stands for, or None."""
+    from splitnet import functional
+
+    layout = functional.read(layer)
+    return None if layout is None else layout.kind
+
+
+def walk(model):
+    """`tree.walk`, with each functional split as one layer (its pieces not visited)."""
+    from splitnet import functional
+
+    return tree.walk(model, whole=functional.is_split)
 
 
 def after_split(model):

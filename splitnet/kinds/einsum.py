@@ -185,6 +185,38 @@ class _EinsumKind(Kind):
         self.check_constraints(layer, rule, plan, where, per_unit_axes=())
         return plan
 
+    # -- the functional form: pieces are EinsumDense layers of the same equation ------
+
+    def functional_axes(self, layer, plan):
+        eq = Equation.parse(layer.equation)
+        units, rows = eq.kernel[plan.unit_axis], eq.kernel[plan.row_axis]
+        return eq.input_axis(rows), eq.output_axis(units), plan.unit_axis, {}
+
+    def functional_candidates(self, piece):
+        """Every (units letter, rows letter) a rule can name: the defaults, or one `axis:`."""
+        eq = Equation.parse(piece.equation)
+        out = []
+        for u, units in enumerate(eq.unit_letters):
+            for r, rows in enumerate(eq.row_letters):
+                if u and r:
+                    continue  # one rule names one axis
+                extra = {"axis": units} if u else {"axis": rows} if r else {}
+                out.append((eq.input_axis(rows), eq.output_axis(units), eq.kernel.index(units), extra))
+        return out
+
+    def resized(self, config, layer, unit_axis, units, rows=None):
+        eq = Equation.parse(config["equation"])
+        shape = config["output_shape"]
+        shape = list(shape) if isinstance(shape, (list, tuple)) else [shape]
+        shape[eq.output.index(eq.kernel[unit_axis]) - (0 if eq.output_left_elided else 1)] = units
+        return {**config, "output_shape": shape}
+
+    def with_bias(self, config, use_bias, template):
+        return {**config, "bias_axes": template.bias_axes if use_bias else None}
+
+    def has_bias(self, layer):
+        return layer.bias_axes is not None
+
     def grow_config(self, layer, plan, config, units, rows):
         """`output_shape` (the output's sizes after the batch axis, or after "...") grows."""
         eq = Equation.parse(layer.equation)

@@ -225,6 +225,58 @@ class _EmbeddingKind(Kind):
                 )
         return plan
 
+    # -- the functional form: pieces are Embedding layers ------------------------------
+    # Dimensions are joined like any units; token rows by looking each id up in
+    # the piece that holds its row (`ops.where` over the two lookups).
+
+    functional_weight_names = ("embeddings",)
+
+    def functional_refusal(self, layer, plan):
+        if type(layer) is not keras.layers.Embedding:
+            return f"a {type(layer).__name__} also computes logits from its whole table (reverse=True)"
+        if layer.mask_zero:
+            return "it has mask_zero=True, and its mask would not pass through the joins of its pieces"
+        if plan.row_blocks and len(plan.blocks) > 1:
+            return "both its token rows and its dimensions are split"
+        return super().functional_refusal(layer, plan)
+
+    def functional_input_dtype(self, layer):
+        return "int32"
+
+    def functional_axes(self, layer, plan):
+        return None, -1, 1, {}
+
+    def functional_candidates(self, piece):
+        return [(None, -1, 1, {})]
+
+    def resized(self, config, layer, unit_axis, units, rows=None):
+        return {**config, "output_dim": units, "input_dim": config["input_dim"] if rows is None else rows}
+
+    def with_bias(self, config, use_bias, template):
+        return config
+
+    def has_bias(self, layer):
+        return False
+
+    def piece_config(self, layer, plan, config, piece):
+        rows = None if piece.rows is None else len(piece.rows)
+        return self.resized(config, layer, 1, len(piece.cols), rows)
+
+    def functional_call(self, layer, plan, inputs, piece):
+        from splitnet import functional
+
+        if not plan.row_blocks:
+            return functional.kernel_call(plan, inputs, piece, None, -1, layer.name)
+        first, second = plan.pieces  # the trainable tokens' rows, the frozen tokens' rows
+        chosen = np.zeros((plan.in_dim, 1), dtype=bool)
+        chosen[list(first.rows)] = True
+        looked_up = []
+        for p in (first, second):
+            local = np.zeros((plan.in_dim,), dtype="int32")
+            local[list(p.rows)] = np.arange(len(p.rows), dtype="int32")
+            looked_up.append(piece(p, ops.take(local, inputs, axis=0)))
+        return ops.where(ops.take(chosen, inputs, axis=0), *looked_up)
+
     def grow_config(self, layer, plan, config, units, rows):
         """New token ids are `rows` (input_dim), new dimensions `units` (output_dim)."""
         return {**config, "input_dim": config["input_dim"] + rows, "output_dim": config["output_dim"] + units}

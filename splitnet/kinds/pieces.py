@@ -362,6 +362,13 @@ class Pieces:
         return kernel, bias
 
 
+def _layout(layer):
+    """The `functional.Layout` of a functional split (a nested model of pieces), or None."""
+    from splitnet import functional  # functional builds on the kinds
+
+    return functional.read(layer)
+
+
 def assembled(name, table, assemble, doc, settable=True):
     """A property for a weight of the plain layer that the split layer assembles from pieces.
 
@@ -655,6 +662,9 @@ class Kind:
         (split, or plain and not trainable), or None when nothing is frozen."""
         if isinstance(layer, self.split):
             return layer.weight_masks(trainable_ids)
+        layout = _layout(layer)
+        if layout is not None:
+            return layout.masks(trainable_ids)
         if all(id(w) in trainable_ids for w in layer.weights):
             return None
         names = self.weight_names_of(layer)
@@ -667,17 +677,30 @@ class Kind:
         """The names of the layer's weights in the plain layer, in `merged_weights` order."""
         if isinstance(layer, self.split):
             return tuple(name for name in layer.weight_names if name != "bias" or layer.plan.use_bias)
+        layout = _layout(layer)
+        if layout is not None:
+            return tuple(n for n in self.functional_weight_names if n != "bias" or layout.plan.use_bias)
         return tuple(w.name for w in layer.weights)
+
+    def plan_of(self, layer):
+        """The plan of a split layer, in place or functional; None for a plain layer."""
+        if isinstance(layer, self.split):
+            return layer.plan
+        layout = _layout(layer)
+        return None if layout is None else layout.plan
 
     def merged_weights(self, layer):
         if isinstance(layer, self.split):
             return layer.merged_weights()
+        layout = _layout(layer)
+        if layout is not None:
+            return layout.merged_weights()
         return [np.asarray(w) for w in self.plain_weights(layer)]
 
     def describe(self, layer, masks):
         """Shape and frozen index sets, for `splitnet inspect`."""
-        if isinstance(layer, self.split):
-            plan = layer.plan
+        plan = self.plan_of(layer)
+        if plan is not None:
             shape = plan.kernel_shape
             if plan.fully_frozen:
                 units, rows, bias = range(plan.units), (), plan.use_bias
@@ -692,6 +715,7 @@ class Kind:
             kind = "frozen" if frozen else "trainable"
         return {
             "kind": kind,
+            "form": None if plan is None else "in place" if isinstance(layer, self.split) else "functional",
             "type": self.name,
             "shape": list(shape),
             "frozen_units": "all" if units == ("all",) else format_indices(units),
@@ -714,12 +738,68 @@ class Kind:
         """A 2-D (rows x units) map of the first weight's frozen entries, for `--plot`:
         the fraction frozen of each (row, unit) pair over the kernel's other axes."""
         mask = next(iter(masks.values()))
-        if isinstance(layer, self.split):
-            plan = layer.plan
+        plan = self.plan_of(layer)
+        if plan is not None:
             front = np.moveaxis(mask, (plan.row_axis, plan.unit_axis), (0, 1))
         else:
             front = mask.reshape((-1, mask.shape[-1])) if mask.ndim != 2 else mask
         return front.reshape(front.shape[:2] + (-1,)).mean(axis=-1)
+
+    # -- the functional form (see `splitnet.functional`) -------------------------------
+    # A kernel kind's pieces are layers of its own class, each reading its input
+    # rows along the tensor axis of the kernel's rows and computing its units
+    # along the output axis of the kernel's units.
+
+    functional_weight_names = ("kernel", "bias")
+
+    def functional_refusal(self, layer, plan):
+        """Why `layer`, split by `plan`, cannot be a graph of plain pieces; None if it can."""
+        if plan.bias_role:
+            return (
+                "its bias would be held apart from every kernel piece (bias: true without frozen rows, every "
+                "row frozen while the bias trains, or a bias without the units axis), and no Keras layer holds "
+                "a bias alone"
+            )
+        if getattr(layer, "activity_regularizer", None) is not None:
+            return "it has an activity_regularizer, which would apply to each piece's partial output"
+        return None
+
+    def functional_input_dtype(self, layer):
+        return None  # the default float type; the pieces cast as the plain layer does
+
+    def functional_axes(self, layer, plan):
+        """`(rows axis of the input, units axis of the output, units axis of the kernel, rule extras)`."""
+        return -1, -1, plan.unit_axis, {}
+
+    def functional_candidates(self, piece):
+        """The `functional_axes` a split read back may have, given one of its pieces."""
+        n = len(piece.kernel.shape)
+        return [(-1, -1, n - 1, {})]
+
+    def resized(self, config, layer, unit_axis, units, rows=None):
+        """`config` with `units` units (`rows` applies to kinds whose rows are not the input's)."""
+        return {**config, self.units_key: units}
+
+    def with_bias(self, config, use_bias, template):
+        return {**config, "use_bias": use_bias}
+
+    def has_bias(self, layer):
+        return bool(getattr(layer, "use_bias", False))
+
+    def piece_config(self, layer, plan, config, piece):
+        """The config of the plain layer that computes `piece` (without activation)."""
+        unit_axis = self.functional_axes(layer, plan)[2]
+        rows = None if piece.rows is None else len(piece.rows)
+        config = self.resized(config, layer, unit_axis, len(piece.cols), rows)
+        return {**self.with_bias(config, piece.use_bias, layer), "activation": "linear"}
+
+    def functional_call(self, layer, plan, inputs, piece):
+        """The split layer's output (before its activation) from `inputs`; `piece(p, x)`
+        calls the layer made for plan piece `p` on `x`."""
+        from splitnet import functional
+
+        in_axis, out_axis, _, _ = self.functional_axes(layer, plan)
+        return functional.kernel_call(plan, inputs, piece, in_axis, out_axis, layer.name)
 
     # -- growing (see `splitnet.grow`) -------------------------------------------------
 

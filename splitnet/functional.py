@@ -1,0 +1,493 @@
+"""The functional form: a split layer becomes a small Keras model of plain pieces.
+
+In this form a split layer is replaced, where it sits in its model's graph,
+by a nested Functional model of the same name built only from Keras' own
+layers and ops: one layer **of the layer's own class** per piece of its
+`plan.KernelPlan` (frozen pieces built with `trainable=False`), each
+reading the input rows it uses (`ops.take`, or a slice), the pieces of one
+unit block summed with `Add`, the blocks joined with `Concatenate` in the
+original unit order (slices, or one `ops.take`), and the activation applied
+once at the end (`Activation`). For an Embedding split by token ids, each
+id is looked up in the piece that holds its row (`ops.take`, `ops.where`).
+
+    hidden (Functional)
+      hidden__input (InputLayer)
+      hidden__trainable (Dense)            units the rule leaves trainable
+      hidden__frozen (Dense, trainable=False)
+      hidden__join (Concatenate)
+      hidden__activation (Activation)
+
+Such a model needs no custom object: it saves, loads, trains and saves
+again with plain Keras, where splitnet cannot even be imported. Keeping each
+split inside a model of the layer's name keeps the outer model what it was
+(its class, its list of layers, every path a rule or a mask names), and lets
+`merge_model` put the plain layer back in one place.
+
+Everything splitnet needs to read a split back (which units and rows each
+piece holds) is in the nested model's own config: `read` interprets its
+index ops on label arrays and asks the layer's kind for the plan, so a
+functional split trained and saved without splitnet merges like any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import keras
+import numpy as np
+from keras import ops
+
+from splitnet import kinds, saving, tree
+from splitnet.compat import Functional
+from splitnet.errors import ModelError
+from splitnet.kinds.pieces import MAX_SLICES
+from splitnet.plan import join_order, runs
+
+SEPARATOR = "__"  # layer names cannot contain "/"
+ROLES = ("trainable", "frozen_rows", "frozen")
+FORMS = ("auto", "functional", "in_place")
+
+
+# --------------------------------------------------------------------------
+# Where the functional form applies
+
+
+def why_not(model, key, layer, plan, kind):
+    """Why the layer at `key` cannot be split in the functional form, or None if it can."""
+    parents = [model] + (tree.along(model, key) or [])[:-1]
+    for parent in parents:
+        if type(parent) not in (Functional, keras.Sequential):
+            what = "the model" if parent is model else f"{parent.name!r}"
+            return (
+                f"{what} is a {type(parent).__name__}, whose own class or Python code calls the layer; "
+                "only a layer in a plain Functional or Sequential graph can be replaced by a graph of pieces"
+            )
+    return kind.functional_refusal(layer, plan)
+
+
+# --------------------------------------------------------------------------
+# Building
+
+
+def piece_name(layer_name, role):
+    return f"{layer_name}{SEPARATOR}{role}"
+
+
+def build(layer, plan, kind):
+    """The nested model that replaces the built `layer`, split by `plan` (weights not set)."""
+    name = layer.name
+    input_shape = layer.get_build_config()["input_shape"]
+    inputs = keras.Input(batch_shape=tuple(input_shape), dtype=kind.functional_input_dtype(layer), name=piece_name(name, "input"))
+    config = layer.get_config()
+    made = {}
+
+    def piece(p, x):
+        cfg = {**kind.piece_config(layer, plan, config, p), "name": piece_name(name, p.role), "trainable": not p.frozen}
+        made[p.role] = type(layer).from_config(cfg)
+        return made[p.role](x)
+
+    outputs = kind.functional_call(layer, plan, inputs, piece)
+    activation = config.get("activation")
+    if activation not in (None, "linear"):
+        outputs = keras.layers.Activation(activation, name=piece_name(name, "activation"))(outputs)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def take_rows(x, rows, size, axis):
+    """`x` at `rows` along `axis`: one slice for a run, else a gather (never more than one op)."""
+    r = runs(rows)
+    if len(r) == 1:
+        start, stop = r[0]
+        if (start, stop) == (0, size):
+            return x
+        index = [slice(None)] * len(x.shape)
+        index[axis] = slice(start, stop)
+        return x[tuple(index)]
+    return ops.take(x, np.asarray(rows, dtype="int32"), axis=axis)
+
+
+def join_units(blocks, plan, axis, name):
+    """The unit blocks joined in the original order: a few slices, else concatenation and one gather."""
+    if len(blocks) == 1:
+        return blocks[0]
+    segments, perm = join_order(plan.blocks, plan.units)
+    if len(segments) <= MAX_SLICES:
+        parts = []
+        for block, start, stop in segments:
+            x = blocks[block]
+            parts.append(x if (start, stop) == (0, x.shape[axis]) else take_rows(x, range(start, stop), x.shape[axis], axis))
+        return keras.layers.Concatenate(axis=axis, name=piece_name(name, "join"))(parts)
+    joined = keras.layers.Concatenate(axis=axis, name=piece_name(name, "join"))(blocks)
+    return ops.take(joined, np.asarray(perm, dtype="int32"), axis=axis)
+
+
+def kernel_call(plan, inputs, piece, in_axis, out_axis, name):
+    """Pieces of a kernel kind (Dense, Conv, EinsumDense): read rows, sum per block, join."""
+    views = {}
+    blocks = [[] for _ in plan.blocks]
+    for p in plan.pieces:
+        x = inputs
+        if p.rows is not None:
+            if p.rows not in views:
+                views[p.rows] = take_rows(inputs, p.rows, plan.in_dim, in_axis)
+            x = views[p.rows]
+        blocks[p.block].append(piece(p, x))
+    summed = [
+        ys[0] if len(ys) == 1 else keras.layers.Add(name=piece_name(name, f"sum{i}" if len(blocks) > 1 else "sum"))(ys)
+        for i, ys in enumerate(blocks)
+    ]
+    return join_units(summed, plan, out_axis, name)
+
+
+# --------------------------------------------------------------------------
+# Reading a split back from the nested model itself
+
+
+@dataclasses.dataclass
+class Layout:
+    """A functional split found in a model.
+
+    Attributes:
+        model: The nested model that holds the pieces (named as the plain layer).
+        kind: The kind of the plain layer.
+        plan: The `KernelPlan` the pieces follow.
+        pieces: The piece layers, in `plan.pieces` order.
+        plain: The plain layer it merges into (built; its weights are not set).
+    """
+
+    model: object
+    kind: object
+    plan: object
+    pieces: list
+    plain: object
+
+    def merged_weights(self):
+        """The plain layer's weights (numpy arrays, in its order), from the pieces' values."""
+        values = [[np.asarray(w) for w in layer.weights] for layer in self.pieces]
+        merged = self.plan.merge_weights(values, None, values[0][0].dtype)
+        return merged if self.plan.use_bias else merged[:1]
+
+    def masks(self, trainable_ids):
+        """`{weight name: bool array}`: True where frozen by the plan, or held by a
+        piece `fit` does not train (the model or a parent set `trainable = False`)."""
+        plan = self.plan
+        kernel, bias = plan.kernel_mask(), plan.bias_mask()
+        for piece, layer in zip(plan.pieces, self.pieces):
+            if any(id(v) not in trainable_ids for v in layer.weights):
+                held_kernel, held_bias = plan.piece_masks(piece)
+                kernel |= held_kernel
+                bias |= held_bias
+        names = self.kind.functional_weight_names
+        return {names[0]: kernel} if len(names) == 1 else {names[0]: kernel, names[1]: bias}
+
+
+def is_split(layer):
+    """Whether `layer` is a functional split: a Functional holding pieces named `NAME__ROLE`."""
+    if type(layer) is not Functional:
+        return False
+    names = {piece_name(layer.name, role) for role in ROLES}
+    return any(sub.name in names for sub in layer.layers)
+
+
+def read(layer):
+    """The `Layout` of a functional split, or None if `layer` is not one.
+
+    Raises:
+        ModelError: it has pieces named `NAME__ROLE`, but not a graph splitnet builds.
+    """
+    if not is_split(layer):
+        return None
+    cached = layer.__dict__.get("_splitnet_layout")
+    if cached is not None:
+        return cached
+    name = layer.name
+    by_role = {role: sub for role in ROLES for sub in layer.layers if sub.name == piece_name(name, role)}
+    first = next(iter(by_role.values()))
+    kind = kinds.kind_of(first)
+    if kind is None or len({type(sub) for sub in by_role.values()}) != 1:
+        raise ModelError(f"layer {name!r} looks like a functional split, but its pieces are not of one splittable class")
+    try:
+        layout = _layout(layer, kind, by_role)
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        raise ModelError(f"layer {name!r} looks like a functional split, but splitnet cannot read it: {exc}") from None
+    layer.__dict__["_splitnet_layout"] = layout  # not a Keras attribute: not tracked, not saved
+    return layout
+
+
+def _layout(model, kind, by_role):
+    """Read the split: try each way the kind's axes may have been split (one, except
+    for an EinsumDense with several unit or row letters) until one fits."""
+    error = None
+    for axes in kind.functional_candidates(next(iter(by_role.values()))):
+        try:
+            return _layout_along(model, kind, by_role, axes)
+        except ValueError as exc:
+            error = exc
+    raise error
+
+
+def _layout_along(model, kind, by_role, axes):
+    from splitnet import spec as spec_lib  # spec imports no model code
+
+    name = model.name
+    in_axis, out_axis, unit_axis, extra_rule = axes
+    widths = {role: int(layer.output.shape[out_axis]) for role, layer in by_role.items()}
+    found = _Labels(model.get_config(), name, in_axis, out_axis, len(model.outputs[0].shape), widths).run()
+    # The plain layer: a piece's config with every unit (and token) back, and the activation.
+    with_bias = [role for role, layer in by_role.items() if kind.has_bias(layer)]
+    template = by_role[with_bias[0] if with_bias else next(iter(by_role))]
+    config = kind.resized(template.get_config(), template, unit_axis, len(found.cols_of), found.token_count)
+    config = kind.with_bias(config, bool(with_bias), template)
+    config.update(name=name, trainable=True, activation=found.activation or "linear")
+    plain = type(template).from_config(config)
+    plain.build(tuple(model.inputs[0].shape))
+    # The plan, made as a user's rule would make it, must give exactly these pieces.
+    rule = dict(extra_rule)
+    if "frozen" in by_role:
+        rule["units"] = sorted(found.cols("frozen"))
+    if "frozen_rows" in by_role:
+        rule["rows"] = sorted(found.rows("frozen_rows"))
+        rule["bias"] = "frozen_rows" in with_bias and "trainable" in by_role
+    where = spec_lib.Where()
+    (parsed,) = spec_lib.parse_freeze({name: rule}, where)
+    plan = kind.plan(plain, parsed, where)
+    pieces = []
+    for piece in plan.pieces:
+        layer = by_role.get(piece.role)
+        if layer is None or found.rows(piece.role) != piece.rows or found.cols(piece.role) != piece.cols:
+            raise ValueError(f"piece {piece_name(name, piece.role)!r} does not hold what its plan gives it")
+        pieces.append(layer)
+    if len(pieces) != len(by_role):
+        raise ValueError("it holds pieces its plan does not")
+    return Layout(model=model, kind=kind, plan=plan, pieces=pieces, plain=plain)
+
+
+class _Labels:
+    """Runs a nested split model's config on index labels instead of tensors.
+
+    The input carries its row numbers along the rows axis; each piece's
+    output carries `(piece, unit)` labels along the units axis. Running the
+    model's index ops (slices, gathers, concatenation, `where`) on them
+    gives the input rows each piece reads and which of the layer's units
+    each piece computes: the split, read from the model alone.
+    """
+
+    def __init__(self, config, name, in_axis, out_axis, out_rank, widths):
+        self.widths = widths  # role -> how many units the piece computes
+        self.entries = {entry["name"]: entry for entry in config["layers"]}
+        outputs = config["output_layers"]
+        self.output = outputs[0] if isinstance(outputs[0], str) else outputs[0][0]
+        self.prefix = name + SEPARATOR
+        self.in_axis, self.out_axis, self.out_rank = in_axis, out_axis, out_rank
+        self.memo = {}
+        self.read_rows = {}  # role -> ("rows", labels) | ("ids", None)
+        self.selected = {}  # role -> bool mask of the token ids whose rows it holds
+        self.same = []  # roles whose outputs were added or chosen between: the same units
+        self.activation = None
+        self.cols_of = None
+
+    def run(self):
+        labels = np.moveaxis(np.asarray(self.value(self.output)[1]), self.out_axis, 0).reshape(-1)
+        self.cols_of = [(ROLES[int(label) // _BIG], int(label) % _BIG) for label in labels]
+        return self
+
+    def cols(self, role):
+        """The units `role` computes, in its own order."""
+        for group in self.same:
+            if role in group:
+                role = group[0]
+        held = sorted((position, unit) for unit, (r, position) in enumerate(self.cols_of) if r == role)
+        if [position for position, _ in held] != list(range(len(held))):
+            raise ValueError(f"the units of piece {role!r} are not each computed once")
+        return tuple(unit for _, unit in held)
+
+    def rows(self, role):
+        """The input rows (or token ids) `role` reads, or None for all of them."""
+        if role in self.selected:
+            chosen = self.selected[role]
+            return None if chosen.all() else tuple(int(i) for i in np.flatnonzero(chosen))
+        tag, labels = self.read_rows.get(role, ("ids", None))
+        if tag != "rows":
+            return None
+        return tuple(int(i) for i in np.moveaxis(np.asarray(labels), self.in_axis, 0).reshape(-1))
+
+    @property
+    def token_count(self):
+        """The vocabulary size, when the pieces hold token rows; else None."""
+        return next(iter(self.selected.values())).size if self.selected else None
+
+    def arg(self, value):
+        if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+            return self.value(value["config"]["keras_history"][0])
+        if isinstance(value, dict) and value.get("class_name") in ("__numpy__", "__slice__", "__ellipsis__"):
+            return ("const", keras.saving.deserialize_keras_object(value))
+        if isinstance(value, (list, tuple)):
+            return [self.arg(v) for v in value]
+        return ("const", value)
+
+    def value(self, name):
+        if name not in self.memo:
+            self.memo[name] = self._evaluate(self.entries[name])
+        return self.memo[name]
+
+    def _evaluate(self, entry):
+        cls, config, name = entry["class_name"], entry["config"], entry["name"]
+        if cls == "InputLayer":
+            if self.in_axis is None:
+                return ("ids", None)
+            size = config["batch_shape"][self.in_axis]
+            shape = [1] * len(config["batch_shape"])
+            shape[self.in_axis] = size
+            return ("input", np.arange(size).reshape(shape))
+        node = entry["inbound_nodes"][0]
+        args = [self.arg(a) for a in node["args"]]
+        if name.startswith(self.prefix) and name[len(self.prefix):] in ROLES:
+            return self._piece(name[len(self.prefix):], args[0])
+        if cls == "GetItem":
+            key = args[1][1] if args[1][0] == "const" else tuple(a[1] for a in args[1])
+            return ("rows" if args[0][0] in ("input", "rows") else "units", args[0][1][key if isinstance(key, tuple) else (key,)])
+        if cls == "Take":
+            axis = config.get("axis", node.get("kwargs", {}).get("axis"))
+            if args[0][0] == "const":  # a table looked up by token id
+                return ("table", np.asarray(args[0][1]))
+            tag = "rows" if args[0][0] in ("input", "rows") else "units"
+            return (tag, np.take(args[0][1], np.asarray(args[1][1]), axis=axis))
+        if cls == "Concatenate":
+            return ("units", np.concatenate([p[1] for p in args[0]], axis=config["axis"]))
+        if cls == "Add":
+            self.same.append([self._role(p) for p in args[0]])
+            return args[0][0]
+        if cls == "Where":
+            (_, chosen), first, second = args
+            chosen = np.asarray(chosen).reshape(-1).astype(bool)
+            self.selected[self._role(first)], self.selected[self._role(second)] = chosen, ~chosen
+            self.same.append([self._role(first), self._role(second)])
+            return first
+        if cls == "Activation":
+            self.activation = config["activation"]
+            return args[0]
+        raise ValueError(f"unexpected {cls} {name!r}")
+
+    def _piece(self, role, x):
+        if x[0] == "input":
+            self.read_rows[role] = ("input", x[1].size)
+        elif x[0] == "rows":
+            self.read_rows[role] = ("rows", x[1])
+        elif x[0] not in ("ids", "table"):
+            raise ValueError(f"piece {role!r} reads something other than the input")
+        shape = [1] * self.out_rank
+        shape[self.out_axis] = -1
+        return ("units", (ROLES.index(role) * _BIG + np.arange(self.widths[role])).reshape(shape))
+
+    def _role(self, value):
+        return ROLES[int(np.asarray(value[1]).reshape(-1)[0]) // _BIG]
+
+
+_BIG = 1 << 40
+
+
+# --------------------------------------------------------------------------
+# Whole models: split and merge through the model's config
+
+
+def split(model, targets):
+    """A copy of `model` in which each target layer is its nested split model.
+
+    Args:
+        model: A built Functional or Sequential model (not changed).
+        targets: `{id: (layer, key, plan, kind, rule)}` from `split.plan_layers`,
+            each checked with `why_not`.
+
+    Returns:
+        The copy (not compiled), its pieces holding the layers' values.
+    """
+    config = _config(model)
+    plans = {}
+    for layer, key, plan, kind, _ in targets.values():
+        _replace(config, key, build(layer, plan, kind))
+        plans[key] = (plan, kind.merged_weights(layer))
+
+    def fill(key, sub):
+        plan, values = plans[key]
+        pieces, _ = plan.split_weights(values[0], values[1] if plan.use_bias else None)
+        for piece, piece_values in zip(plan.pieces, pieces):
+            sub.get_layer(piece_name(sub.name, piece.role)).set_weights(piece_values)
+
+    return _rebuilt(model, config, {key: fill for key in plans})
+
+
+def merge(model):
+    """A copy of `model` with each functional split its plain layer again, or None if it has none."""
+    layouts = {key: read(layer) for key, layer in tree.walk(model, whole=is_split) if is_split(layer)}
+    if not layouts:
+        return None
+    config = _config(model)
+    for key, layout in layouts.items():
+        _replace(config, key, layout.plain)
+    return _rebuilt(model, config, {key: lambda key, plain: plain.set_weights(layouts[key].merged_weights()) for key in layouts})
+
+
+def _config(model):
+    config = keras.saving.serialize_keras_object(model)
+    config.pop("compile_config", None)  # compiled by the caller, with a fresh optimizer
+    return config
+
+
+def _replace(config, key, layer):
+    """Put `layer` where the layer at `key` is in a model config, called as it was."""
+    parent_key, _, name = key.rpartition("/")
+    entry = saving.config_child(saving.config_entry(config, parent_key), name)
+    if entry is None:
+        raise ModelError(f"layer {key!r} is not in the model's config")
+    was_functional = entry.get("class_name") == "Functional"
+    replacement = keras.saving.serialize_keras_object(layer)
+    replacement.update({k: entry[k] for k in ("name", "inbound_nodes") if k in entry})
+    # A nested model is called with `mask=`; a Dense takes no such argument.
+    accepted = inspect.signature(layer.call).parameters
+    for node in replacement.get("inbound_nodes", []):
+        if isinstance(node, dict) and "kwargs" in node:
+            node["kwargs"] = {k: v for k, v in node["kwargs"].items() if k in accepted}
+    entry.clear()
+    entry.update(replacement)
+    parent = saving.config_entry(config, parent_key).get("config", {})
+    if "output_layers" in parent:  # a Functional graph: its references count a nested model's nodes from 1
+        shift = int(type(layer) is Functional) - int(was_functional)
+        _shift_references(parent, name, shift)
+
+
+def _shift_references(node, name, shift):
+    """Add `shift` to the node index of every reference `[name, node_index, tensor_index]`
+    in a Functional config: Keras counts a nested Functional's calls from 1 (its first
+    node is its own), a layer's from 0."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "keras_history" and isinstance(value, list) and value and value[0] == name:
+                value[1] += shift
+            else:
+                _shift_references(value, name, shift)
+    elif isinstance(node, list):
+        if len(node) == 3 and node[0] == name and isinstance(node[1], int) and isinstance(node[2], int):
+            node[1] += shift
+            return
+        for value in node:
+            _shift_references(value, name, shift)
+
+
+def _rebuilt(model, config, fills):
+    """The model `config` describes, with `model`'s weights: layers at the keys of
+    `fills` are filled by `fills[key](key, layer)`, every other layer copied."""
+    copy = saving.rebuild(model, config)
+    replaced = {id(tree.find(model, key)) for key in fills}
+    for key, layer in tree.walk(model, whole=lambda layer: id(layer) in replaced):
+        twin = tree.find(copy, key)
+        if key in fills:
+            fills[key](key, twin)
+            continue
+        source = tree.own_weights(layer)
+        target = [] if twin is None else tree.own_weights(twin)
+        if twin is None or [tuple(v.shape) for v in source] != [tuple(v.shape) for v in target]:
+            raise ModelError(f"model {model.name!r} does not come back from its config with the same layer {key!r}")
+        for variable, value in zip(target, source):
+            variable.assign(value)
+    return copy
