@@ -239,7 +239,9 @@ def _layout_along(model, kind, by_role, axes):
     template = by_role[with_bias[0] if with_bias else next(iter(by_role))]
     config = kind.resized(template.get_config(), template, unit_axis, len(found.cols_of), found.token_count)
     config = kind.with_bias(config, bool(with_bias), template)
-    config.update(name=name, trainable=True, activation=found.activation or "linear")
+    config.update(name=name, trainable=True)
+    if "activation" in config:
+        config["activation"] = found.activation or "linear"
     plain = type(template).from_config(config)
     plain.build(tuple(model.inputs[0].shape))
     # The plan, made as a user's rule would make it, must give exactly these pieces.
@@ -288,7 +290,10 @@ class _Labels:
         self.cols_of = None
 
     def run(self):
-        labels = np.moveaxis(np.asarray(self.value(self.output)[1]), self.out_axis, 0).reshape(-1)
+        labels = np.asarray(self.value(self.output)[1])
+        if sum(d != 1 for i, d in enumerate(labels.shape) if i != self.out_axis % labels.ndim):
+            raise ValueError("its output is not its pieces' units joined along one axis")
+        labels = np.moveaxis(labels, self.out_axis, 0).reshape(-1)
         self.cols_of = [(ROLES[int(label) // _BIG], int(label) % _BIG) for label in labels]
         return self
 
@@ -352,8 +357,11 @@ class _Labels:
             if args[0][0] == "const":  # a table looked up by token id
                 return ("table", np.asarray(args[0][1]))
             tag = "rows" if args[0][0] in ("input", "rows") else "units"
-            return (tag, np.take(args[0][1], np.asarray(args[1][1]), axis=axis))
+            labels = args[0][1]
+            self._along(axis, self.in_axis if tag == "rows" else self.out_axis, labels.ndim)
+            return (tag, np.take(labels, np.asarray(args[1][1]), axis=axis))
         if cls == "Concatenate":
+            self._along(config["axis"], self.out_axis, self.out_rank)
             return ("units", np.concatenate([p[1] for p in args[0]], axis=config["axis"]))
         if cls == "Add":
             self.same.append([self._role(p) for p in args[0]])
@@ -368,6 +376,11 @@ class _Labels:
             self.activation = config["activation"]
             return args[0]
         raise ValueError(f"unexpected {cls} {name!r}")
+
+    @staticmethod
+    def _along(axis, expected, rank):
+        if axis % rank != expected % rank:
+            raise ValueError(f"an index op along axis {axis}, not {expected}")
 
     def _piece(self, role, x):
         if x[0] == "input":
