@@ -109,14 +109,21 @@ _keras_in = click.argument("input_path", metavar="IN.keras", type=click.Path(exi
 _force = click.option("--force", is_flag=True, help="Overwrite an existing output.")
 
 
+_form = click.option(
+    "--form",
+    type=click.Choice(["auto", "functional", "in_place"]),
+    help="How split layers are made (overrides the spec's form): functional = a nested model of plain Keras "
+    "pieces, loadable without splitnet; in_place = the layer keeps its class; auto = functional where it applies.",
+)
 _keras_out = click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .keras file to write.")
 
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(exists=True, dir_okay=False))
 @_keras_out
+@_form
 @_force
-def build(spec_path, output, force):
+def build(spec_path, output, form, force):
     """Build the split model of SPEC, compile it with the spec's train settings, save it.
 
     The file also holds the spec's data, epochs, batch size and seed, so
@@ -133,7 +140,7 @@ def build(spec_path, output, force):
     from splitnet.train import for_file, settings_dict
 
     check_output(output, force, suffix=".keras")
-    model, settings, _ = model_from(spec_path)
+    model, settings, _ = model_from(spec_path, form=form)
     save_keras(model, output, force, settings=for_file(settings_dict(settings), output))
     info = describe(model)
     click.echo(f"wrote {output}: {info['frozen']:,} of {info['params']:,} weight entries frozen")
@@ -260,8 +267,9 @@ def inspect(input_path, as_json, plot, force):
 @click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override train.batch_size.")
 @_learning_rate
+@_form
 @_force
-def run(spec_path, output, data, epochs, batch_size, learning_rate, force):
+def run(spec_path, output, data, epochs, batch_size, learning_rate, form, force):
     """The whole job: build, train, check the frozen entries, merge, export, report.
 
     \b
@@ -281,7 +289,7 @@ def run(spec_path, output, data, epochs, batch_size, learning_rate, force):
 
     report = run_spec(
         spec_path, output, force=force, data=data, epochs=epochs, batch_size=batch_size,
-        learning_rate=learning_rate, echo=click.echo,
+        learning_rate=learning_rate, echo=click.echo, form=form,
     )
     click.echo(format_report(report))
 

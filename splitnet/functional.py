@@ -133,10 +133,8 @@ def kernel_call(plan, inputs, piece, in_axis, out_axis, name):
                 views[p.rows] = take_rows(inputs, p.rows, plan.in_dim, in_axis)
             x = views[p.rows]
         blocks[p.block].append(piece(p, x))
-    summed = [
-        ys[0] if len(ys) == 1 else keras.layers.Add(name=piece_name(name, f"sum{i}" if len(blocks) > 1 else "sum"))(ys)
-        for i, ys in enumerate(blocks)
-    ]
+    # Only the trainable units' block has several pieces (rows that train, rows that do not).
+    summed = [ys[0] if len(ys) == 1 else keras.layers.Add(name=piece_name(name, "sum"))(ys) for ys in blocks]
     return join_units(summed, plan, out_axis, name)
 
 
@@ -438,7 +436,8 @@ def merge(model):
     config = _config(model)
     for key, layout in layouts.items():
         _replace(config, key, layout.plain)
-    return _rebuilt(model, config, {key: lambda key, plain: plain.set_weights(layouts[key].merged_weights()) for key in layouts})
+    fills = {key: lambda key, plain: plain.set_weights(layouts[key].merged_weights()) for key in layouts}
+    return _rebuilt(model, config, fills, plain=True)
 
 
 def _config(model):
@@ -487,20 +486,38 @@ def _shift_references(node, name, shift):
             _shift_references(value, name, shift)
 
 
-def _rebuilt(model, config, fills):
+def _rebuilt(model, config, fills, plain=False):
     """The model `config` describes, with `model`'s weights: layers at the keys of
-    `fills` are filled by `fills[key](key, layer)`, every other layer copied."""
+    `fills` are filled by `fills[key](key, layer)`, every other layer copied (with
+    `plain`, a layer split in place that the config does not hold comes back plain).
+
+    Layers are paired in walk order, as `saving` pairs a copy's: a layer made by
+    a subclassed layer's Python code may come back under another automatic name
+    (it gets its old one back).
+    """
     copy = saving.rebuild(model, config)
     replaced = {id(tree.find(model, key)) for key in fills}
-    for key, layer in tree.walk(model, whole=lambda layer: id(layer) in replaced):
-        twin = tree.find(copy, key)
+    twins_replaced = {id(tree.find(copy, key)) for key in fills}
+    originals = list(tree.walk(model, whole=lambda layer: id(layer) in replaced))
+    twins = list(tree.walk(copy, whole=lambda layer: id(layer) in twins_replaced))
+    if len(originals) != len(twins):
+        raise ModelError(f"model {model.name!r} does not come back from its config with the same layers")
+    for (key, layer), (_, twin) in zip(originals, twins):
         if key in fills:
             fills[key](key, twin)
             continue
-        source = tree.own_weights(layer)
-        target = [] if twin is None else tree.own_weights(twin)
-        if twin is None or [tuple(v.shape) for v in source] != [tuple(v.shape) for v in target]:
+        kind = kinds.split_kind_of(layer)
+        if kind is not None and not isinstance(twin, kind.split):
+            # Split in place inside a subclassed layer, whose code made a plain layer again.
+            if plain:
+                twin.set_weights(kind.merged_weights(layer))
+                twin.name = layer.name
+                continue
+            kind.install(twin, layer.plan, key)
+        source, target = tree.own_weights(layer), tree.own_weights(twin)
+        if type(layer) is not type(twin) or [tuple(v.shape) for v in source] != [tuple(v.shape) for v in target]:
             raise ModelError(f"model {model.name!r} does not come back from its config with the same layer {key!r}")
+        twin.name = layer.name
         for variable, value in zip(target, source):
             variable.assign(value)
     return copy

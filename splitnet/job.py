@@ -10,6 +10,8 @@ same jobs can be driven from Python.
 
 from __future__ import annotations
 
+import dataclasses
+
 import datetime
 import json
 from pathlib import Path
@@ -65,7 +67,12 @@ def is_spec(path):
     return Path(path).suffix.lower() in (".yaml", ".yml")
 
 
-def model_from(path, learning_rate=None, data=None, need_data=True):
+def with_form(spec, form):
+    """`spec` with its `form` replaced by `form` (a command-line override), if given."""
+    return spec if form is None else dataclasses.replace(spec, form=form)
+
+
+def model_from(path, learning_rate=None, data=None, need_data=True, form=None):
     """A compiled model, its train settings and the epochs it already has.
 
     From a spec (`.yaml`): built and compiled with its `train` settings (its
@@ -78,7 +85,7 @@ def model_from(path, learning_rate=None, data=None, need_data=True):
         `(model, TrainSpec, completed_epochs)`.
     """
     if is_spec(path):
-        spec = spec_lib.load_spec(path)
+        spec = with_form(spec_lib.load_spec(path), form)
         if need_data:
             check_data(spec, data)
         return build_compiled(spec, learning_rate), spec.train, 0
@@ -197,6 +204,7 @@ def run_spec(
     learning_rate=None,
     verbose="auto",
     echo=None,
+    form=None,
 ):
     """Build the spec's split model, train it, check it, merge it and export it.
 
@@ -217,6 +225,7 @@ def run_spec(
         verbose: Passed to `model.fit` (Keras' progress bar by default).
         echo: If given, called with a line saying what the model trains on,
             before the first epoch.
+        form: Override the spec's `form` ("auto", "functional", "in_place").
 
     Returns:
         The report (also written as `report.json`): entry counts, whether the
@@ -236,7 +245,7 @@ def run_spec(
         >>> report["frozen_changed"]  # doctest: +SKIP
         0
     """
-    spec = spec_lib.load_spec(spec)
+    spec = with_form(spec_lib.load_spec(spec), form)
     if out_dir is None:
         claim = claimed_folder(default_run_dir(spec), unique=True)
     else:
@@ -305,6 +314,7 @@ def _finish(spec, model, out_dir, settings, check, loss_before, loss_after):
             "saved_model": str(out_dir / "saved_model"),
             "split_model": str(out_dir / "split.keras"),
             "grown": summary.grown(model),
+            "forms": summary.forms(model),
         }
         if spec.source is not None:
             (tmp / "spec.yaml").write_text(Path(spec.source).read_text(encoding="utf-8"), encoding="utf-8")
@@ -320,8 +330,10 @@ def format_report(report):
     """The report as the few lines `splitnet run` prints."""
     moved_share = report["trainable_moved"] / report["trainable_entries"] if report["trainable_entries"] else 0.0
     grown = "; ".join(f"{layer} {what}" for layer, what in report.get("grown", {}).items())
+    functional = [layer for layer, form in report.get("forms", {}).items() if form == "functional"]
     return "\n".join(
         ([f"grown:            {grown}"] if grown else [])
+        + ([f"functional form:  {', '.join(functional)} (nested models of plain Keras pieces)"] if functional else [])
         + [
             f"frozen entries:   {report['frozen_entries']:,}, all bit-identical after training (checked)",
             f"trainable moved:  {report['trainable_moved']:,} of {report['trainable_entries']:,} ({moved_share:.1%})",

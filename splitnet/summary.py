@@ -75,6 +75,17 @@ def grown(model):
     return out
 
 
+def forms(model):
+    """`{layer key: "functional" or "in place"}` for each split layer."""
+    out = {}
+    for key, layer in kinds.walk(model):
+        kind = kinds.any_kind_of(layer)
+        plan = None if kind is None else kind.plan_of(layer)
+        if plan is not None:
+            out[key] = "in place" if kinds.split_kind_of(layer) else "functional"
+    return out
+
+
 def format_table(info):
     """The `describe` dict as an aligned text table with a totals line."""
     head = ["layer", "kind", "shape", "frozen units", "frozen rows", "bias", "trainable", "frozen"]
@@ -91,6 +102,10 @@ def format_table(info):
         ]
         for r in info["layers"]
     ]
+    if any(r.get("form") == "functional" for r in info["layers"]):  # say which layers are nested models of pieces
+        head.append("form")
+        for row, r in zip(body, info["layers"]):
+            row.append(r.get("form") or "-")
     if any(r.get("grown") for r in info["layers"]):  # a grown model: what is new
         head.append("grown")
         for row, r in zip(body, info["layers"]):
