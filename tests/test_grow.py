@@ -120,7 +120,7 @@ def case(request):
 # differently over more channels (oneDNN blocks a convolution's channels by what the CPU
 # has: bit for bit on one machine, not on another), so their old outputs agree to
 # float32 rounding (README, Exactness); every other case is bit for bit.
-REDUCED = {"conv-filters", "conv-channels"}
+REDUCED = {"conv-filters", "conv-channels", "conv1d", "conv3d"}
 
 
 def test_old_outputs_bit_identical_right_after_growing(case, request):
@@ -461,7 +461,9 @@ def test_keras_hub_task_grows_its_backbone_vocabulary_by_a_short_name():
     assert type(grown) is type(lm) and layer.plan.grown_from == (40, 16) and layer.plan.frozen_rows == tuple(range(10))
     np.testing.assert_array_equal(splitnet.merged_weights(grown)["gpt2_backbone/token_embedding"][0][40:], 0.0)  # init: zeros
     x = {"token_ids": _ids((2, 8), 40), "padding_mask": np.ones((2, 8), "int32")}
-    np.testing.assert_array_equal(np.asarray(grown(x))[..., :40], np.asarray(lm(x)))
+    # The tied head multiplies by a table of 43 tokens instead of 40: blocked differently
+    # by the CPU's matmul, so float32 rounding (README, Grow).
+    np.testing.assert_allclose(np.asarray(grown(x))[..., :40], np.asarray(lm(x)), rtol=1e-5, atol=1e-6)
 
 
 # --- keras-hub: new tokens in a backbone's vocabulary ----------------------------------

@@ -175,12 +175,14 @@ def functional_applies(layer_name, rule):
     row is frozen; a bias without the units axis), for an Embedding with
     mask_zero (its mask), and for a ReversibleEmbedding (its reverse call).
     """
-    if layer_name in ("embedding", "reversible-tied", "reversible-untied", "einsum-shared-bias"):
+    if layer_name in ("embedding", "reversible-tied", "reversible-untied"):
         return False
     has_bias = LAYERS[layer_name].kernel == "kernel" and layer_name != "einsum-gemma"
     units, rows = rule.get("units"), rule.get("rows")
     if units == "all" or not has_bias:
-        return True
+        return True  # nothing trains (one frozen piece), or no bias to hold
+    if layer_name == "einsum-shared-bias":  # a bias without the heads axis is held alone
+        return rows == "all" and bool(rule.get("bias"))
     if rule.get("bias") and rows is None:
         return False  # the bias of the training units is frozen and held alone
     return rows != "all" or bool(rule.get("bias"))

@@ -60,7 +60,7 @@ def test_mapping_errors_have_no_file_prefix():
     with pytest.raises(splitnet.SpecError) as info:
         load_spec({"model": {"input_shape": [4], "layers": [{"type": "Dense", "units": 3}]}, "freez": {}})
     assert str(info.value) == (
-        "freez: unknown key 'freez'; did you mean 'freeze'? (allowed: model, base, grow, freeze, train)"
+        "freez: unknown key 'freez'; did you mean 'freeze'? (allowed: model, base, form, grow, freeze, train)"
     )
 
 
@@ -128,7 +128,7 @@ def test_python_tag_is_not_executed(tmp_path):
     "text, message",
     [
         ("", "s.yaml: the spec is empty"),
-        ("- 1\n", "expected a mapping of model/base/grow/freeze/train, got list"),
+        ("- 1\n", "expected a mapping of model/base/form/grow/freeze/train, got list"),
         ("freeze: {}\n", "give exactly one of `model`"),
         ("base: 3\n", "base: expected the path of a .keras file, got 3"),
     ],
