@@ -7,11 +7,14 @@ decay, mean squared error, the same data) of
     (a) unsplit: every entry trainable,
     (b) mask:    the gradient-mask recipe (gradients multiplied by a 0/1
                  mask; frozen entries still decay under weight decay),
-    (c) split:   splitnet's split model,
+    (c) split:   splitnet's split model (`form: auto`: the functional form
+                 wherever the layer sits in a graph),
+    (d) in place: the same split in the in-place form,
 
-interleaved a-b-c over repeated rounds after a warm-up, and reports medians,
-the ratios b/a and c/a, the optimizer state of each and whether (b) kept its
-frozen entries exact. It also times `merge_model` and `export_saved_model` on
+interleaved a-b-c-d over repeated rounds after a warm-up, and reports
+medians, the ratios to (a), the optimizer state of each and whether (b) kept
+its frozen entries exact. A grown model (an MLP whose hidden layers grew,
+old units frozen) is timed against the grown model trained whole. It also times `merge_model` and `export_saved_model` on
 a model of about `--merge-params` parameters, with their peak extra memory,
 and the predict time of the merged model against the unsplit one.
 
@@ -39,7 +42,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import splitnet  # noqa: E402
-from splitnet import tree  # noqa: E402
+from splitnet import summary, tree  # noqa: E402
 
 # (name, width, depth, batch, frozen fraction, how the frozen set is chosen)
 SCENARIOS = [
@@ -137,17 +140,19 @@ def time_steps(scenario, rounds, steps):
     base = make_stack(width, depth)
     freeze = freeze_spec(width, depth, fraction, how)
     split = splitnet.split_model(base, freeze)
+    in_place = splitnet.split_model(base, freeze, form="in_place")
     masks = splitnet.frozen_masks(split)
 
     unsplit = keras.models.clone_model(base)
     unsplit.set_weights(base.get_weights())
     masked = keras.models.clone_model(base)
     masked.set_weights(base.get_weights())
-    opts = {"unsplit": optimizer(), "mask": optimizer(), "split": optimizer()}
+    opts = {"unsplit": optimizer(), "mask": optimizer(), "split": optimizer(), "in_place": optimizer()}
     variants = {
         "unsplit": train_step(unsplit, opts["unsplit"]),
         "mask": train_step(masked, opts["mask"], mask_list(masked, masks)),
         "split": train_step(split, opts["split"]),
+        "in_place": train_step(in_place, opts["in_place"]),
     }
     for step in variants.values():  # warm-up: tracing and first allocations
         for _ in range(3):
@@ -177,9 +182,10 @@ def time_steps(scenario, rounds, steps):
         "step_ms": {key: 1e3 * value for key, value in medians.items()},
         "mask_over_unsplit": medians["mask"] / medians["unsplit"],
         "split_over_unsplit": medians["split"] / medians["unsplit"],
+        "in_place_over_unsplit": medians["in_place"] / medians["unsplit"],
         "optimizer_bytes": {key: optimizer_bytes(opt) for key, opt in opts.items()},
         "mask_frozen_changed": mask_drift,
-        "split_frozen_changed": split_drift,
+        "split_frozen_changed": split_drift + drift(in_place, before, masks),
     }
 
 
@@ -297,13 +303,14 @@ def time_kind(scenario, rounds):
     name, case, steps = scenario
     base, freeze, x, y, loss_fn, extra = case()
     split = splitnet.split_model(base, freeze)
+    in_place = splitnet.split_model(base, freeze, form="in_place")
     masks = splitnet.frozen_masks(split)
     before = splitnet.merged_weights(base)
     unsplit = keras.models.clone_model(base)
     unsplit.set_weights(base.get_weights())
     masked = keras.models.clone_model(base)
     masked.set_weights(base.get_weights())
-    models = {"unsplit": unsplit, "mask": masked, "split": split, **extra}
+    models = {"unsplit": unsplit, "mask": masked, "split": split, "in_place": in_place, **extra}
     opts = {key: optimizer() for key in models}
     steps_fns = {
         key: train_step(model, opts[key], mask_list(masked, masks) if key == "mask" else None, loss_fn)
@@ -322,22 +329,61 @@ def time_kind(scenario, rounds):
         "over_unsplit": {key: medians[key] / medians["unsplit"] for key in medians},
         "optimizer_bytes": {key: optimizer_bytes(opt) for key, opt in opts.items()},
         "mask_frozen_changed": drift(masked, before, masks),
-        "split_frozen_changed": drift(split, before, masks),
+        "split_frozen_changed": drift(split, before, masks) + drift(in_place, before, masks),
+        "form": "functional" if any(form == "functional" for form in summary.forms(split).values()) else "in place",
         "predict_ms": {key: 1e3 * value for key, value in predict.items()},
         "merged_over_unsplit_predict": predict["merged"] / predict["unsplit"],
     }
 
 
+def time_grown(width, depth, grow, batch, rounds, steps):
+    """An MLP of `depth` hidden layers `width` wide, each grown by `grow` units, old
+    entries frozen (grow_model's default), against the grown model trained whole."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((width,), name="x")
+    h = inputs
+    for i in range(depth):
+        h = keras.layers.Dense(width, activation="relu", name=f"hidden_{i}")(h)
+    base = keras.Model(inputs, keras.layers.Dense(10, name="out")(h))
+    rules = {f"hidden_{i}": {"units": grow} for i in range(depth)}
+    grown = splitnet.grow_model(base, rules)
+    in_place = splitnet.grow_model(base, rules, form="in_place")
+    whole = splitnet.merge_model(grown)
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(batch, width)).astype("float32"))
+    y = tf.constant(rng.normal(size=(batch, 10)).astype("float32"))
+    models = {"unsplit": whole, "split": grown, "in_place": in_place}
+    opts = {key: optimizer() for key in models}
+    medians = timed({key: train_step(m, opts[key]) for key, m in models.items()}, rounds, steps, x, y)
+    return {
+        "scenario": f"MLP {depth} x {width} grown by {grow} units each, old frozen, batch {batch}",
+        "step_ms": {key: 1e3 * value for key, value in medians.items()},
+        "over_whole": {key: medians[key] / medians["unsplit"] for key in medians},
+        "optimizer_bytes": {key: optimizer_bytes(opt) for key, opt in opts.items()},
+    }
+
+
+def grown_markdown(r):
+    ratio, ms = r["over_whole"], r["step_ms"]
+    return "\n".join([
+        "| scenario | grown model trained whole ms | split/whole | in place/whole | optimizer MB whole / split |",
+        "|---|---|---|---|---|",
+        f"| {r['scenario']} | {ms['unsplit']:.1f} | {ratio['split']:.2f} | {ratio['in_place']:.2f} | "
+        f"{r['optimizer_bytes']['unsplit'] / 2**20:.1f} / {r['optimizer_bytes']['split'] / 2**20:.1f} |",
+    ])
+
+
 def kinds_markdown(results):
     lines = [
-        "| scenario | unsplit ms | split/unsplit | mask/unsplit | other recipe | optimizer MB unsplit / split | mask frozen changed | split frozen changed | merged/unsplit predict |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scenario | unsplit ms | split/unsplit | mask/unsplit | other recipe | split form | in place/unsplit | optimizer MB unsplit / split | mask frozen changed | split frozen changed | merged/unsplit predict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         ratio, ob = r["over_unsplit"], r["optimizer_bytes"]
         other = f"PEFT copy: {ratio['peft']:.2f} (split/PEFT {ratio['split'] / ratio['peft']:.2f})" if "peft" in ratio else "-"
         lines.append(
             f"| {r['scenario']} | {r['step_ms']['unsplit']:.1f} | {ratio['split']:.2f} | {ratio['mask']:.2f} | {other} | "
+            f"{r['form']} | {ratio['in_place']:.2f} | "
             f"{ob['unsplit'] / 2**20:.1f} / {ob['split'] / 2**20:.2f} | "
             f"{r['mask_frozen_changed']:,} of {r['frozen_entries']:,} | {r['split_frozen_changed']} | "
             f"{r['merged_over_unsplit_predict']:.2f} |"
@@ -418,14 +464,14 @@ def time_merge_export(params, repeats):
 
 def markdown(results, merge):
     lines = [
-        "| scenario | unsplit ms | mask ms | split ms | mask/unsplit | split/unsplit | optimizer MB unsplit / mask / split | mask frozen changed | split frozen changed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scenario | unsplit ms | mask ms | split ms | in place ms | mask/unsplit | split/unsplit | in place/unsplit | optimizer MB unsplit / mask / split | mask frozen changed | split frozen changed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         ms, ob = r["step_ms"], r["optimizer_bytes"]
         lines.append(
-            f"| {r['scenario']} | {ms['unsplit']:.2f} | {ms['mask']:.2f} | {ms['split']:.2f} | "
-            f"{r['mask_over_unsplit']:.2f} | {r['split_over_unsplit']:.2f} | "
+            f"| {r['scenario']} | {ms['unsplit']:.2f} | {ms['mask']:.2f} | {ms['split']:.2f} | {ms['in_place']:.2f} | "
+            f"{r['mask_over_unsplit']:.2f} | {r['split_over_unsplit']:.2f} | {r['in_place_over_unsplit']:.2f} | "
             f"{ob['unsplit'] / 2**20:.1f} / {ob['mask'] / 2**20:.1f} / {ob['split'] / 2**20:.1f} | "
             f"{r['mask_frozen_changed']:,} of {r['frozen_entries']:,} | {r['split_frozen_changed']} |"
         )
@@ -463,17 +509,23 @@ def main(argv=None):
     if args.only:
         merge_params = 0
     results = [time_steps(s, args.rounds, args.steps) for s in scenarios]
+    grown = None
+    if not args.only or "grown" in args.only:
+        grown = time_grown(*((16, 2, 4, 8) if args.quick else (1024, 4, 256, 256)), args.rounds, args.steps)
     kind_results = [time_kind(s, args.rounds) for s in kind_scenarios]
     merge = time_merge_export(merge_params, repeats=args.rounds) if merge_params else None
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; medians of {args.rounds} rounds")
     if results or merge:
         print(markdown(results, merge))
+    if grown:
+        print()
+        print(grown_markdown(grown))
     if kind_results:
         print()
         print(kinds_markdown(kind_results))
     if args.json:
         with open(args.json, "w") as f:
-            report = {"steps": results, "kinds": kind_results, "merge": merge}
+            report = {"steps": results, "kinds": kind_results, "merge": merge, "grown": grown}
             json.dump({**report, "tensorflow": tf.__version__, "keras": keras.__version__}, f, indent=2)
     return 0
 

@@ -319,7 +319,7 @@ class _Graph:
 # ------------------------------------------------------------------------------------
 
 
-def grow_model(model, grow, freeze=None, form="in_place"):
+def grow_model(model, grow, freeze=None, form="auto"):
     """Return a split copy of `model` whose named layers have more units and/or input rows.
 
     The new entries train; the old ones are frozen (unless a rule says
@@ -358,7 +358,7 @@ def grow_model(model, grow, freeze=None, form="in_place"):
     return grow_parsed(model, rules, freeze, where, spec_lib.check_form(form, where))
 
 
-def grow_parsed(model, rules, freeze, where, form="in_place"):
+def grow_parsed(model, rules, freeze, where, form="auto"):
     """`grow_model` on parsed rules (`spec.GrowRule`, `spec.FreezeRule`); errors located by `where`."""
     split_layer = next((key for key, layer in tree.walk(model) if kinds.split_kind_of(layer)), None)
     if split_layer is not None:
@@ -380,7 +380,7 @@ def grow_parsed(model, rules, freeze, where, form="in_place"):
         if before is not None:
             plan = dataclasses.replace(plan, grown_from=(before.in_dim, before.units))
         targets[layer_id] = (layer, key, plan, kind, rule)
-    copy = split.split_targets(copy, targets, form, where)
+    copy = split.split_targets(copy, targets, form, where, copy=False)
     saving.recompile(copy, model)
     if getattr(copy, "optimizer", None) is not None:
         copy.optimizer.build(copy.trainable_variables)

@@ -196,7 +196,7 @@ class Spec:
     train: TrainSpec
     where: Where = dataclasses.field(repr=False, compare=False, default_factory=Where)
     grow: tuple = ()
-    form: str = "in_place"
+    form: str = "auto"
 
     @property
     def source(self):
@@ -664,5 +664,5 @@ def load_spec(spec):
     grow = parse_grow(data["grow"], where) if "grow" in data else ()
     freeze = parse_freeze(data.get("freeze"), where)
     train = _parse_train(data.get("train"), where, folder)
-    form = check_form(data.get("form", "in_place"), where)
+    form = check_form(data.get("form", "auto"), where)
     return Spec(model=model, base=base, freeze=freeze, train=train, where=where, grow=grow, form=form)

@@ -1,10 +1,17 @@
 """Split layers into trainable and frozen pieces: `split_model`, `build_model`, `frozen_masks`.
 
-`split_model` copies the model as Keras would rebuild it (so the copy keeps
-its class, names and configs; see `saving.copy_model`) and then splits each
-named layer in place: the layer object stays where it is, in a graph or in
-a subclassed layer's Python code, and its kind (`splitnet.kinds`) turns it
-into its split class.
+Each named layer is planned by its kind (`splitnet.kinds`), then split in one
+of two forms (`form`):
+
+* functional (`splitnet.functional`): the model is rebuilt from its config
+  with the layer replaced by a nested model of plain Keras pieces; for layers
+  that sit in a plain Functional or Sequential graph.
+* in place: the model is copied as Keras would rebuild it (same class, names
+  and configs; see `saving.copy_model`) and the layer object, wherever it is
+  (in a graph or in a subclassed layer's Python code), becomes its kind's
+  split class.
+
+`auto`, the default, takes the functional form wherever it applies.
 """
 
 from __future__ import annotations
@@ -124,15 +131,7 @@ def layer_at(model, rule, where, candidates):
     return layer
 
 
-def split_in_place(model, rules, where):
-    """Split the layers `rules` name, in `model` itself; returns `model`."""
-    for layer, key, plan, kind, _ in plan_layers(model, rules, where).values():
-        kind.install(layer, plan, key)
-    kinds.after_split(model)
-    return model
-
-
-def split_model(model, freeze, form="in_place"):
+def split_model(model, freeze, form="auto"):
     """Return a copy of `model` whose named layers are split into frozen and trainable pieces.
 
     Args:
@@ -147,8 +146,8 @@ def split_model(model, freeze, form="in_place"):
             nested model of plain Keras pieces of its own class (it loads and
             trains without splitnet); "in_place" keeps the layer object and
             holds its weights in pieces (it reaches layers inside subclassed
-            layers); "auto" uses the functional form wherever it applies and
-            the in-place form elsewhere.
+            layers); "auto" (the default) uses the functional form wherever
+            it applies and the in-place form elsewhere.
 
     Returns:
         A copy of the model (same class, names and configs) that computes the
@@ -183,9 +182,11 @@ def split_model(model, freeze, form="in_place"):
     return copy
 
 
-def split_targets(model, targets, form, where):
+def split_targets(model, targets, form, where, copy=True):
     """A split copy of `model` (not compiled): each target `(layer, key, plan, kind, rule)`
-    in the functional form where `form` lets it and it applies, else in place."""
+    in the functional form where `form` lets it and it applies, else in place. With
+    `copy=False` (a model splitnet made itself), layers split in place are split in
+    `model` itself when no layer takes the functional form."""
     functional_targets, in_place = {}, []
     paths = {id(layer): key for key, layer in tree.walk(model)}  # a rule may name a layer by a shorter path
     for layer_id, (layer, key, plan, kind, rule) in targets.items():
@@ -201,11 +202,14 @@ def split_targets(model, targets, form, where):
             in_place.append((path, key, plan, kind))
         else:
             functional_targets[layer_id] = (layer, path, plan, kind, rule)
-    copy = functional.split(model, functional_targets) if functional_targets else saving.copy_model(model)
+    if functional_targets:
+        out = functional.split(model, functional_targets)
+    else:
+        out = saving.copy_model(model) if copy else model
     for path, key, plan, kind in in_place:
-        kind.install(tree.find(copy, path), plan, key)
-    kinds.after_split(copy)
-    return copy
+        kind.install(tree.find(out, path), plan, key)
+    kinds.after_split(out)
+    return out
 
 
 def _auto_names(layer_specs):
@@ -260,8 +264,8 @@ def build_model(spec):
         ...     "model": {"input_shape": [8], "layers": [
         ...         {"type": "Dense", "name": "head", "units": 4, "activation": "softmax"}]},
         ...     "freeze": {"head": {"units": "0:2"}}})
-        >>> isinstance(model.get_layer("head"), splitnet.SplitDense)
-        True
+        >>> [layer.name for layer in model.get_layer("head").layers]  # the functional form
+        ['head__input', 'head__trainable', 'head__frozen', 'head__join', 'head__activation']
     """
     spec = spec_lib.load_spec(spec)
     if spec.model is not None:
@@ -275,9 +279,8 @@ def build_model(spec):
         from splitnet.grow import grow_parsed
 
         return grow_parsed(model, spec.grow, spec.freeze, spec.where, spec.form)
-    if spec.form == "in_place":  # the model is splitnet's own here (just built or loaded)
-        return split_in_place(model, spec.freeze, spec.where)
-    return split_targets(model, plan_layers(model, spec.freeze, spec.where), spec.form, spec.where)
+    # The model is splitnet's own here (just built or loaded): no copy needed.
+    return split_targets(model, plan_layers(model, spec.freeze, spec.where), spec.form, spec.where, copy=False)
 
 
 __all__ = ["build_model", "split_model", "frozen_masks"]

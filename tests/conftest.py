@@ -19,6 +19,13 @@ def perturb(model, seed=0):
     return model
 
 
+def is_split(layer):
+    """Whether `layer` is split, in either form (a nested model of pieces, or in place)."""
+    from splitnet import functional, kinds
+
+    return functional.is_split(layer) or kinds.split_kind_of(layer) is not None
+
+
 def make_model(*, activation="relu", use_bias=True, input_shape=(IN_DIM,), name="net", **dense_kwargs):
     """input -> Dense "d" (UNITS) -> Dense "out" (OUT, softmax), weights perturbed."""
     inputs = keras.Input(input_shape, name="x")

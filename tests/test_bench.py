@@ -26,6 +26,7 @@ def test_bench_quick(tmp_path):
         # The split model's optimizer holds state for the trainable entries only.
         trainable_fraction = 1 - row["frozen_entries"] / (opt["unsplit"] / 8)
         assert opt["split"] == round(opt["unsplit"] * trainable_fraction)
+        assert opt["in_place"] == opt["split"]  # both forms keep state for the same entries
         assert opt["mask"] == opt["unsplit"]
     assert report["merge"]["merged_over_unsplit_predict"] > 0
     # The layer kinds: frozen entries exact, the mask recipe's moved, optimizer state the trainable fraction.
@@ -34,6 +35,12 @@ def test_bench_quick(tmp_path):
         assert row["split_frozen_changed"] == 0 and row["mask_frozen_changed"] > 0, row["scenario"]
         opt = row["optimizer_bytes"]
         trainable = opt["unsplit"] / 8 - row["frozen_entries"]  # Adam: 2 floats per trainable entry
-        assert opt["split"] == 8 * trainable, row["scenario"]
+        assert opt["split"] == opt["in_place"] == 8 * trainable, row["scenario"]
         assert row["merged_over_unsplit_predict"] > 0
     assert "| scenario | unsplit ms | split/unsplit | mask/unsplit | other recipe |" in result.stdout
+    assert {row["scenario"].split()[0]: row["form"] for row in report["kinds"]} == {
+        "Embedding": "functional", "Tied": "in place", "Conv2D": "functional", "MultiHeadAttention": "in place"
+    }
+    # A grown model: fewer optimizer floats than the grown model trained whole.
+    grown = report["grown"]
+    assert grown["optimizer_bytes"]["split"] == grown["optimizer_bytes"]["in_place"] < grown["optimizer_bytes"]["unsplit"]

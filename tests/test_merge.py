@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import assert_same_function, case_params, data, make_model, perturb
+from conftest import assert_same_function, case_params, data, is_split, make_model, perturb
 
 import splitnet
 from splitnet import SplitDense
@@ -28,8 +28,8 @@ def test_merge_restores_the_architecture_and_weights(case):
     x, _ = data()
     assert_same_function(merged.predict(x, verbose=0), split.predict(x, verbose=0))
     # Not in place: the split model is still split.
-    assert isinstance(split.get_layer("d"), SplitDense)
-    assert not any(isinstance(layer, SplitDense) for layer in merged.layers)
+    assert is_split(split.get_layer("d"))
+    assert not any(is_split(layer) for layer in merged.layers)
 
 
 def test_merge_after_training_and_reload(tmp_path):

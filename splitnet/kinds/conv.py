@@ -30,7 +30,7 @@ class _SplitConv(KernelSplitLayer):
         >>> import keras, splitnet
         >>> inputs = keras.Input((8, 8, 3))
         >>> model = keras.Model(inputs, keras.layers.Conv2D(4, 3, name="c")(inputs))
-        >>> layer = splitnet.split_model(model, {"c": {"units": [0]}}).get_layer("c")
+        >>> layer = splitnet.split_model(model, {"c": {"units": [0]}}, form="in_place").get_layer("c")
         >>> [tuple(w.shape) for w in layer.trainable_weights]
         [(3, 3, 3, 3), (3,)]
     """

@@ -33,7 +33,7 @@ class _SplitDense(KernelSplitLayer):
         >>> import keras, numpy as np, splitnet
         >>> inputs = keras.Input((4,))
         >>> model = keras.Model(inputs, keras.layers.Dense(3, name="d")(inputs))
-        >>> layer = splitnet.split_model(model, {"d": {"units": [0]}}).get_layer("d")
+        >>> layer = splitnet.split_model(model, {"d": {"units": [0]}}, form="in_place").get_layer("d")
         >>> isinstance(layer, splitnet.SplitDense), [tuple(w.shape) for w in layer.trainable_weights]
         (True, [(4, 2), (2,)])
     """

@@ -95,7 +95,7 @@ class _SplitEinsumDense(KernelSplitLayer):
         >>> inputs = keras.Input((5, 8))
         >>> query = keras.layers.EinsumDense("abc,cde->abde", (5, 4, 2), bias_axes="de", name="q")
         >>> model = keras.Model(inputs, query(inputs))
-        >>> layer = splitnet.split_model(model, {"q": {"units": [0, 1]}}).get_layer("q")
+        >>> layer = splitnet.split_model(model, {"q": {"units": [0, 1]}}, form="in_place").get_layer("q")
         >>> [tuple(w.shape) for w in layer.trainable_weights]
         [(8, 2, 2), (2, 2)]
     """

@@ -37,7 +37,7 @@ class _SplitEmbedding(SplitLayer):
         >>> import keras, splitnet
         >>> inputs = keras.Input((3,), dtype="int32")
         >>> model = keras.Model(inputs, keras.layers.Embedding(10, 4, name="e")(inputs))
-        >>> layer = splitnet.split_model(model, {"e": {"rows": "0:8"}}).get_layer("e")
+        >>> layer = splitnet.split_model(model, {"e": {"rows": "0:8"}}, form="in_place").get_layer("e")
         >>> [tuple(w.shape) for w in layer.trainable_weights]
         [(2, 4)]
     """
@@ -99,7 +99,7 @@ class _SplitReversibleEmbedding(_SplitEmbedding):
         >>> inputs = keras.Input((3,), dtype="int32")
         >>> embed = keras.layers.ReversibleEmbedding(10, 4, name="e")
         >>> model = keras.Model(inputs, embed(embed(inputs), reverse=True))
-        >>> layer = splitnet.split_model(model, {"e": {"rows": "0:8"}}).get_layer("e")
+        >>> layer = splitnet.split_model(model, {"e": {"rows": "0:8"}}, form="in_place").get_layer("e")
         >>> [tuple(w.shape) for w in layer.trainable_weights]
         [(2, 4)]
     """

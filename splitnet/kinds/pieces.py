@@ -762,6 +762,9 @@ class Kind:
             )
         if getattr(layer, "activity_regularizer", None) is not None:
             return "it has an activity_regularizer, which would apply to each piece's partial output"
+        for name, value in vars(layer).items():
+            if isinstance(value, keras.initializers.Constant) and np.ndim(keras.ops.convert_to_numpy(value.value)):
+                return f"its {name.strip('_')} is a Constant of the layer's shape, which no piece can take"
         return None
 
     def functional_input_dtype(self, layer):
