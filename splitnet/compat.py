@@ -77,6 +77,17 @@ def set_keras_mask(x, mask):
     set_mask(x, mask)
 
 
+def reads_masked_input(layer):
+    """Whether a layer is called, in a graph, on a tensor that carries a Keras mask.
+
+    A layer's calls (`_inbound_nodes`) and a symbolic tensor's mask have no
+    public API.
+    """
+    from keras.src.backend import get_keras_mask
+
+    return any(get_keras_mask(t) is not None for node in layer._inbound_nodes for t in node.input_tensors)
+
+
 def take_keras_mask(x):
     """The Keras mask of `x`, removed from it (as `MultiHeadAttention.call` does)."""
     from keras.src.backend import get_keras_mask, set_keras_mask as set_mask
@@ -296,6 +307,7 @@ def check():
         "Functional._nodes_by_depth": lambda: graph_nodes(model),
         "Node.arguments.kwargs": lambda: node_kwargs(graph_nodes(model)[-1]),
         "Sequential._functional": lambda: graph_of(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])).inputs,
+        "Layer._inbound_nodes / Node.input_tensors": lambda: dense._inbound_nodes[0].input_tensors,
         "backend.get_keras_mask": lambda: __import__("keras.src.backend", fromlist=["get_keras_mask"]).get_keras_mask,
     }
     # `kinds/attention.py` replaces `MultiHeadAttention.call` on split instances

@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 
 import keras
 import numpy as np
 from keras import ops
 
-from splitnet import kinds, saving, tree
+from splitnet import compat, kinds, saving, tree
 from splitnet.compat import Functional
 from splitnet.errors import ModelError
 from splitnet.kinds.pieces import MAX_SLICES
@@ -63,6 +64,11 @@ def why_not(model, key, layer, plan, kind):
                 f"{what} is a {type(parent).__name__}, whose own class or Python code calls the layer; "
                 "only a layer in a plain Functional or Sequential graph can be replaced by a graph of pieces"
             )
+    if compat.reads_masked_input(layer):
+        return "it reads a masked input (from Embedding(mask_zero=True) or Masking), and a nested model would drop the mask"
+    holders = [m for m in [model] + [m for _, m in tree.walk(model)] if any(c is layer for c in compat.sublayers(m))]
+    if len(holders) > 1:
+        return f"it is shared by several models ({', '.join(repr(m.name) for m in holders)}), which Keras rebuilds as two layers"
     return kind.functional_refusal(layer, plan)
 
 
@@ -74,11 +80,21 @@ def piece_name(layer_name, role):
     return f"{layer_name}{SEPARATOR}{role}"
 
 
+def input_name(layer_name, plan):
+    """The nested model's input: `NAME__input`, or `NAME__input_grown_ROWSxUNITS` for a
+    layer `grow_model` made bigger (its sizes before, which the model itself keeps)."""
+    grown = "" if plan.grown_from is None else "_grown_{}x{}".format(*plan.grown_from)
+    return piece_name(layer_name, "input") + grown
+
+
+_GROWN = re.compile(r"__input_grown_(\d+)x(\d+)$")
+
+
 def build(layer, plan, kind):
     """The nested model that replaces the built `layer`, split by `plan` (weights not set)."""
     name = layer.name
     input_shape = layer.get_build_config()["input_shape"]
-    inputs = keras.Input(batch_shape=tuple(input_shape), dtype=kind.functional_input_dtype(layer), name=piece_name(name, "input"))
+    inputs = keras.Input(batch_shape=tuple(input_shape), dtype=kind.functional_input_dtype(layer), name=input_name(name, plan))
     config = layer.get_config()
     made = {}
 
@@ -260,6 +276,9 @@ def _layout_along(model, kind, by_role, axes):
         pieces.append(layer)
     if len(pieces) != len(by_role):
         raise ValueError("it holds pieces its plan does not")
+    grown = _GROWN.search(model.layers[0].name if isinstance(model.layers[0], keras.layers.InputLayer) else "")
+    if grown:
+        plan = dataclasses.replace(plan, grown_from=(int(grown.group(1)), int(grown.group(2))))
     return Layout(model=model, kind=kind, plan=plan, pieces=pieces, plain=plain)
 
 

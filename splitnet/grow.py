@@ -360,7 +360,7 @@ def grow_model(model, grow, freeze=None, form="auto"):
 
 def grow_parsed(model, rules, freeze, where, form="auto"):
     """`grow_model` on parsed rules (`spec.GrowRule`, `spec.FreezeRule`); errors located by `where`."""
-    split_layer = next((key for key, layer in tree.walk(model) if kinds.split_kind_of(layer)), None)
+    split_layer = next((key for key, layer in tree.walk(model) if kinds.is_split(layer)), None)
     if split_layer is not None:
         raise where.error(
             rules[0].path if rules else ("grow",),

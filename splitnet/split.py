@@ -75,7 +75,7 @@ def plan_layers(model, rules, where):
     targets = {}
     for rule in _expand_heads(model, rules, where):
         layer = layer_at(model, rule, where, splittable_keys)
-        if kinds.split_kind_of(layer) or functional.is_split(layer):
+        if kinds.is_split(layer):
             raise where.error(rule.path, f"layer {rule.layer!r} is already split; merge the model first", key=True)
         kind = kinds.kind_of(layer)
         if kind is None:

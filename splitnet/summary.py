@@ -68,7 +68,7 @@ def grown(model):
     """`{layer key: what grew}` ("units 10->15") for each split layer that `grow_model` made bigger."""
     out = {}
     for key, layer in kinds.walk(model):
-        kind = kinds.split_kind_of(layer)
+        kind = kinds.any_kind_of(layer)
         what = None if kind is None else kind.describe_growth(layer)
         if what:
             out[key] = what

@@ -26,6 +26,13 @@ def is_split(layer):
     return functional.is_split(layer) or kinds.split_kind_of(layer) is not None
 
 
+def plan_of(layer):
+    """The `KernelPlan` of a split layer, in either form."""
+    from splitnet import kinds
+
+    return kinds.any_kind_of(layer).plan_of(layer)
+
+
 def make_model(*, activation="relu", use_bias=True, input_shape=(IN_DIM,), name="net", **dense_kwargs):
     """input -> Dense "d" (UNITS) -> Dense "out" (OUT, softmax), weights perturbed."""
     inputs = keras.Input(input_shape, name="x")

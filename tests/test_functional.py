@@ -270,3 +270,34 @@ def test_spec_form_and_the_command(tmp_path):
     assert lines[0].split()[-1] == "form"
     (row,) = [line for line in lines if line.startswith("output ")]
     assert row.split()[-1] == "functional"
+
+
+def test_layers_that_cannot_take_the_functional_form_stay_in_place_under_auto():
+    """A masked input (a nested model would drop the mask), a layer shared between a
+    nested model and the outer graph (Keras rebuilds it as two), a Constant initializer
+    of the layer's shape (no piece can take it)."""
+    ids = keras.Input((4,), dtype="int32")
+    embedded = keras.layers.Embedding(10, 6, mask_zero=True, name="embed")(ids)
+    dense = keras.layers.Dense(6, name="masked")(embedded)
+    pooled = keras.layers.GlobalAveragePooling1D()(dense)  # reads the mask
+    model = perturb(keras.Model(ids, pooled))
+    split = splitnet.split_model(model, {"masked": {"units": [0]}})
+    assert splitnet.SplitDense in type(split.get_layer("masked")).__mro__
+    x = np.array([[1, 2, 0, 0], [3, 0, 0, 0]], "int32")
+    np.testing.assert_allclose(split(x), model(x), rtol=1e-6)
+    with pytest.raises(splitnet.SpecError, match="reads a masked input"):
+        splitnet.split_model(model, {"masked": {"units": [0]}}, form="functional")
+
+    shared = keras.layers.Dense(3, name="d")
+    inner_in = keras.Input((4,))
+    encoder = keras.Model(inner_in, shared(inner_in), name="enc")
+    a, b = keras.Input((4,)), keras.Input((4,))
+    model = keras.Model([a, b], keras.layers.Concatenate()([encoder(a), shared(b)]), name="outer")
+    with pytest.raises(splitnet.SpecError, match=r"it is shared by several models \('outer', 'enc'\)"):
+        splitnet.split_model(model, {"d": {"units": [0]}}, form="functional")
+
+    inputs = keras.Input((3,))
+    constant = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant(np.ones((3, 2))), name="c")
+    model = keras.Model(inputs, constant(inputs))
+    with pytest.raises(splitnet.SpecError, match="its kernel_initializer is a Constant of the layer's shape"):
+        splitnet.split_model(model, {"c": {"units": [0]}}, form="functional")

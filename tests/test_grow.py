@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import splitnet
-from conftest import perturb
+from conftest import perturb, plan_of
 from splitnet import SpecError
 from splitnet.grow import geometry, grow_array
 from splitnet.spec import Where
@@ -148,8 +148,8 @@ def test_grown_layers_have_new_sizes_and_old_entries_frozen(case):
     for key in masks:
         layer = grown.get_layer(key)
         before = geometry(base.get_layer(key), key, None, Where())
-        assert layer.plan.grown_from == (before.in_dim, before.units)
-        assert (layer.plan.in_dim, layer.plan.units) != layer.plan.grown_from
+        assert plan_of(layer).grown_from == (before.in_dim, before.units)
+        assert (plan_of(layer).in_dim, plan_of(layer).units) != plan_of(layer).grown_from
         for old, new, mask in zip(old_weights[key], new_weights[key], masks[key].values()):
             block = tuple(slice(0, n) for n in old.shape)
             np.testing.assert_array_equal(new[block], old)  # old entries where they were
@@ -165,7 +165,7 @@ def test_training_keeps_old_entries_and_moves_new_ones(case):
     if x_grown.dtype.kind == "f":  # new inputs that are not zero, new tokens that occur
         x_train = _floats(x_grown.shape, seed=7)
     else:
-        x_train = _ids(x_grown.shape, grown.get_layer("tokens").input_dim, seed=7)
+        x_train = _ids(x_grown.shape, plan_of(grown.get_layer("tokens")).in_dim, seed=7)
     y = np.asarray(grown(x_train)) + 1.0
     grown.fit(x_train, y, epochs=2, batch_size=4, verbose=0)
     check = splitnet.verify(base, grown)
@@ -198,7 +198,7 @@ def test_nested_model_grows_through_its_boundary():
     x = [_floats((5, 6)), _floats((5, 3), seed=2)]
     np.testing.assert_array_equal(grown([_pad(x[0], 2), x[1]]), base(x))
     assert set(splitnet.frozen_masks(grown)) == {"encoder/proj", "head"}
-    assert grown.get_layer("head").plan.grown_from == (8, 2)
+    assert plan_of(grown.get_layer("head")).grown_from == (8, 2)
 
 
 def test_sequential_model():
@@ -225,7 +225,7 @@ def test_shared_input_grows_every_reader():
     a, b = keras.layers.Dense(3, name="a")(inputs), keras.layers.Dense(3, name="b")(inputs)
     base = perturb(keras.Model(inputs, [a, b]))
     grown = splitnet.grow_model(base, {"a": {"rows": 2}})
-    assert grown.get_layer("b").plan.grown_from == (4, 3)  # b reads the same input: its rows grow too
+    assert plan_of(grown.get_layer("b")).grown_from == (4, 3)  # b reads the same input: its rows grow too
     x = _floats((3, 4))
     for new, old in zip(grown(_pad(x, 2)), base(x)):
         np.testing.assert_array_equal(new, old)
@@ -269,8 +269,8 @@ def test_grown_split_model_saves_and_loads(tmp_path):
     grown = splitnet.grow_model(base, {"classes": {"units": 3}})
     grown.save(tmp_path / "grown.keras")
     loaded = splitnet.load_model(tmp_path / "grown.keras")
-    assert loaded.get_layer("classes").plan == grown.get_layer("classes").plan
-    assert loaded.get_layer("classes").plan.grown_from == (20, 5)
+    assert plan_of(loaded.get_layer("classes")) == plan_of(grown.get_layer("classes"))
+    assert plan_of(loaded.get_layer("classes")).grown_from == (20, 5)
     x = _floats((4, 12))
     np.testing.assert_array_equal(loaded(x), grown(x))
     merged = splitnet.merge_model(loaded)
@@ -458,7 +458,7 @@ def test_keras_hub_task_grows_its_backbone_vocabulary_by_a_short_name():
     lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
     grown = splitnet.grow_model(lm, {"token_embedding": {"rows": 3, "init": "zeros"}}, freeze={"token_embedding": {"rows": ":10"}})
     layer = grown.backbone.token_embedding
-    assert type(grown) is type(lm) and layer.plan.grown_from == (40, 16) and layer.plan.frozen_rows == tuple(range(10))
+    assert type(grown) is type(lm) and plan_of(layer).grown_from == (40, 16) and plan_of(layer).frozen_rows == tuple(range(10))
     np.testing.assert_array_equal(splitnet.merged_weights(grown)["gpt2_backbone/token_embedding"][0][40:], 0.0)  # init: zeros
     x = {"token_ids": _ids((2, 8), 40), "padding_mask": np.ones((2, 8), "int32")}
     # The tied head multiplies by a table of 43 tokens instead of 40: blocked differently

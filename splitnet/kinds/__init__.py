@@ -70,6 +70,13 @@ def functional_kind_of(layer):
     return None if layout is None else layout.kind
 
 
+def is_split(layer):
+    """Whether `layer` is split, in place or functional."""
+    from splitnet import functional
+
+    return split_kind_of(layer) is not None or functional.is_split(layer)
+
+
 def walk(model):
     """`tree.walk`, with each functional split as one layer (its pieces not visited)."""
     from splitnet import functional

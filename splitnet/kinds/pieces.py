@@ -724,13 +724,12 @@ class Kind:
             "grown": self.describe_growth(layer),
         }
 
-    @staticmethod
-    def describe_growth(layer):
+    def describe_growth(self, layer):
         """What `grow_model` added, e.g. "units 5->10", or None."""
-        grown_from = getattr(getattr(layer, "plan", None), "grown_from", None)
+        plan = self.plan_of(layer)
+        grown_from = None if plan is None else plan.grown_from
         if grown_from is None:
             return None
-        plan = layer.plan
         sizes = (("rows", grown_from[0], plan.in_dim), ("units", grown_from[1], plan.units))
         return ", ".join(f"{word} {old}->{new}" for word, old, new in sizes if new != old)
 
