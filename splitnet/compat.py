@@ -88,6 +88,16 @@ def reads_masked_input(layer):
     return any(get_keras_mask(t) is not None for node in layer._inbound_nodes for t in node.input_tensors)
 
 
+def producers(layer):
+    """`[(layer, output index)]` that a layer called once in a graph reads its inputs from.
+
+    A call's input tensors (`_inbound_nodes`, `_keras_history`) have no public API.
+    The call is the layer's last node (a nested model may hold one of its own first).
+    """
+    node = layer._inbound_nodes[-1]
+    return [(t._keras_history.operation, t._keras_history.tensor_index) for t in node.input_tensors]
+
+
 def take_keras_mask(x):
     """The Keras mask of `x`, removed from it (as `MultiHeadAttention.call` does)."""
     from keras.src.backend import get_keras_mask, set_keras_mask as set_mask

@@ -31,6 +31,7 @@ functional split trained and saved without splitnet merges like any other.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import re
@@ -46,7 +47,6 @@ from splitnet.kinds.pieces import MAX_SLICES
 from splitnet.plan import join_order, runs
 
 SEPARATOR = "__"  # layer names cannot contain "/"
-ROLES = ("trainable", "frozen_rows", "frozen")
 FORMS = ("auto", "functional", "in_place")
 
 
@@ -80,34 +80,53 @@ def piece_name(layer_name, role):
     return f"{layer_name}{SEPARATOR}{role}"
 
 
-def input_name(layer_name, plan):
-    """The nested model's input: `NAME__input`, or `NAME__input_grown_ROWSxUNITS` for a
-    layer `grow_model` made bigger (its sizes before, which the model itself keeps)."""
+def input_name(layer_name, plan, cut=None):
+    """The nested model's input: `NAME__input`, `NAME__input_CUT` for each input of a
+    cut plan, and `..._grown_ROWSxUNITS` after it for a layer `grow_model` made bigger
+    (its sizes before, which the model itself keeps)."""
     grown = "" if plan.grown_from is None else "_grown_{}x{}".format(*plan.grown_from)
-    return piece_name(layer_name, "input") + grown
+    return piece_name(layer_name, "input") + ("" if cut is None else f"_{cut}") + grown
 
 
-_GROWN = re.compile(r"__input_grown_(\d+)x(\d+)$")
+_GROWN = re.compile(r"__input(?:_\d+)?_grown_(\d+)x(\d+)$")
+
+# Activations that act on each unit alone, so they may be applied to each unit block.
+ELEMENTWISE = {
+    "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "tanh", "sigmoid",
+    "hard_sigmoid", "hard_silu", "hard_swish", "softplus", "softsign", "exponential", "mish", "celu"
+}
 
 
-def build(layer, plan, kind):
-    """The nested model that replaces the built `layer`, split by `plan` (weights not set)."""
+def build(layer, plan, kind, blocks_too=False):
+    """The nested model that replaces the built `layer`, split by `plan` (weights not set).
+
+    A plan with `row_cuts` takes one input per cut (its producer's unit
+    blocks); with `blocks_too`, the model outputs its unit blocks (each
+    activated) after the joined output, for consumers that read them apart.
+    """
     name = layer.name
-    input_shape = layer.get_build_config()["input_shape"]
-    inputs = keras.Input(batch_shape=tuple(input_shape), dtype=kind.functional_input_dtype(layer), name=input_name(name, plan))
+    input_shape = tuple(layer.get_build_config()["input_shape"])
+    dtype = kind.functional_input_dtype(layer)
+    if plan.row_cuts is None:
+        inputs = keras.Input(batch_shape=input_shape, dtype=dtype, name=input_name(name, plan))
+    else:
+        inputs = [
+            keras.Input(batch_shape=input_shape[:-1] + (len(cut),), dtype=dtype, name=input_name(name, plan, k))
+            for k, cut in enumerate(plan.row_cuts)
+        ]
     config = layer.get_config()
-    made = {}
 
     def piece(p, x):
-        cfg = {**kind.piece_config(layer, plan, config, p), "name": piece_name(name, p.role), "trainable": not p.frozen}
-        made[p.role] = type(layer).from_config(cfg)
-        return made[p.role](x)
+        cfg = {**kind.piece_config(layer, plan, config, p), "name": piece_name(name, p.name), "trainable": not p.frozen}
+        return type(layer).from_config(cfg)(x)
 
-    outputs = kind.functional_call(layer, plan, inputs, piece)
+    result = kind.functional_call(layer, plan, inputs, piece, blocks_too)
+    joined, blocks = result if blocks_too else (result, [])
     activation = config.get("activation")
     if activation not in (None, "linear"):
-        outputs = keras.layers.Activation(activation, name=piece_name(name, "activation"))(outputs)
-    return keras.Model(inputs, outputs, name=name)
+        joined = keras.layers.Activation(activation, name=piece_name(name, "activation"))(joined)
+        blocks = [keras.layers.Activation(activation, name=piece_name(name, f"activation_{k}"))(b) for k, b in enumerate(blocks)]
+    return keras.Model(inputs, [joined, *blocks] if blocks_too else joined, name=name)
 
 
 def take_rows(x, rows, size, axis):
@@ -138,20 +157,34 @@ def join_units(blocks, plan, axis, name):
     return ops.take(joined, np.asarray(perm, dtype="int32"), axis=axis)
 
 
-def kernel_call(plan, inputs, piece, in_axis, out_axis, name):
-    """Pieces of a kernel kind (Dense, Conv, EinsumDense): read rows, sum per block, join."""
+def kernel_call(plan, inputs, piece, in_axis, out_axis, name, blocks_too=False):
+    """Pieces of a kernel kind (Dense, Conv, EinsumDense): read rows, sum per block, join.
+
+    `inputs` is the input, or for a cut plan the list of its producer's blocks.
+    Returns the joined output, or with `blocks_too`, `(joined, [each block])`.
+    """
     views = {}
     blocks = [[] for _ in plan.blocks]
     for p in plan.pieces:
-        x = inputs
-        if p.rows is not None:
+        if p.cut is not None:  # the rows it reads, at their places in the cut's input
+            cut = plan.row_cuts[p.cut]
+            if (p.cut, p.rows) not in views:
+                position = {row: i for i, row in enumerate(cut)}
+                views[p.cut, p.rows] = take_rows(inputs[p.cut], [position[r] for r in p.rows], len(cut), in_axis)
+            x = views[p.cut, p.rows]
+        elif p.rows is not None:
             if p.rows not in views:
                 views[p.rows] = take_rows(inputs, p.rows, plan.in_dim, in_axis)
             x = views[p.rows]
+        else:
+            x = inputs
         blocks[p.block].append(piece(p, x))
-    # Only the trainable units' block has several pieces (rows that train, rows that do not).
-    summed = [ys[0] if len(ys) == 1 else keras.layers.Add(name=piece_name(name, "sum"))(ys) for ys in blocks]
-    return join_units(summed, plan, out_axis, name)
+    summed = [
+        ys[0] if len(ys) == 1 else keras.layers.Add(name=piece_name(name, "sum" if i == 0 else f"sum_{i}"))(ys)
+        for i, ys in enumerate(blocks)
+    ]
+    joined = join_units(summed, plan, out_axis, name)
+    return (joined, summed) if blocks_too else joined
 
 
 # --------------------------------------------------------------------------
@@ -196,12 +229,26 @@ class Layout:
         return {names[0]: kernel} if len(names) == 1 else {names[0]: kernel, names[1]: bias}
 
 
+_PIECE = re.compile(r"^(trainable|frozen_rows|frozen)(?:_(\d+))?$")
+
+
+def _pieces_of(layer):
+    """`{piece name: layer}` of the pieces a nested model holds (`NAME__PIECE`)."""
+    prefix = layer.name + SEPARATOR
+    return {
+        sub.name[len(prefix):]: sub
+        for sub in layer.layers
+        if sub.name.startswith(prefix) and _PIECE.match(sub.name[len(prefix):])
+    }
+
+
+def _role(piece):
+    return _PIECE.match(piece).group(1)
+
+
 def is_split(layer):
     """Whether `layer` is a functional split: a Functional holding pieces named `NAME__ROLE`."""
-    if type(layer) is not Functional:
-        return False
-    names = {piece_name(layer.name, role) for role in ROLES}
-    return any(sub.name in names for sub in layer.layers)
+    return type(layer) is Functional and bool(_pieces_of(layer))
 
 
 def read(layer):
@@ -216,65 +263,86 @@ def read(layer):
     if cached is not None:
         return cached
     name = layer.name
-    by_role = {role: sub for role in ROLES for sub in layer.layers if sub.name == piece_name(name, role)}
-    first = next(iter(by_role.values()))
-    kind = kinds.kind_of(first)
-    if kind is None or len({type(sub) for sub in by_role.values()}) != 1:
+    by_name = _pieces_of(layer)
+    kind = kinds.kind_of(next(iter(by_name.values())))
+    if kind is None or len({type(sub) for sub in by_name.values()}) != 1:
         raise ModelError(f"layer {name!r} looks like a functional split, but its pieces are not of one splittable class")
     try:
-        layout = _layout(layer, kind, by_role)
+        layout = _layout(layer, kind, by_name, _cuts(layer))
     except (KeyError, ValueError, IndexError, TypeError) as exc:
         raise ModelError(f"layer {name!r} looks like a functional split, but splitnet cannot read it: {exc}") from None
     layer.__dict__["_splitnet_layout"] = layout  # not a Keras attribute: not tracked, not saved
     return layout
 
 
-def _layout(model, kind, by_role):
+def _cuts(layer):
+    """For a nested model that reads its producer's unit blocks (a cut plan), the rows
+    each of its inputs carries: the units of the producer's block it is called on."""
+    if len(layer.inputs) == 1:
+        return None
+    cuts = []
+    for producer, index in compat.producers(layer):
+        layout = read(producer)
+        if layout is None or index == 0:
+            raise ModelError(f"layer {layer.name!r} reads {producer.name!r}, which is not a split layer's unit block")
+        cuts.append(layout.plan.blocks[index - 1])
+    return tuple(cuts)
+
+
+def _layout(model, kind, by_name, cuts):
     """Read the split: try each way the kind's axes may have been split (one, except
     for an EinsumDense with several unit or row letters) until one fits."""
     error = None
-    for axes in kind.functional_candidates(next(iter(by_role.values()))):
+    for axes in kind.functional_candidates(next(iter(by_name.values()))):
         try:
-            return _layout_along(model, kind, by_role, axes)
+            return _layout_along(model, kind, by_name, axes, cuts)
         except ValueError as exc:
             error = exc
     raise error
 
 
-def _layout_along(model, kind, by_role, axes):
+def _layout_along(model, kind, by_name, axes, cuts):
     from splitnet import spec as spec_lib  # spec imports no model code
 
     name = model.name
     in_axis, out_axis, unit_axis, extra_rule = axes
-    widths = {role: int(layer.output.shape[out_axis]) for role, layer in by_role.items()}
-    found = _Labels(model.get_config(), name, in_axis, out_axis, len(model.outputs[0].shape), widths).run()
+    widths = {piece: int(layer.output.shape[out_axis]) for piece, layer in by_name.items()}
+    config = model.get_config()
+    input_rows = None if cuts is None else dict(zip((entry[0] for entry in config["input_layers"]), cuts))
+    found = _Labels(config, name, in_axis, out_axis, len(model.outputs[0].shape), widths, input_rows).run()
     # The plain layer: a piece's config with every unit (and token) back, and the activation.
-    with_bias = [role for role, layer in by_role.items() if kind.has_bias(layer)]
-    template = by_role[with_bias[0] if with_bias else next(iter(by_role))]
-    config = kind.resized(template.get_config(), template, unit_axis, len(found.cols_of), found.token_count)
-    config = kind.with_bias(config, bool(with_bias), template)
-    config.update(name=name, trainable=True)
-    if "activation" in config:
-        config["activation"] = found.activation or "linear"
-    plain = type(template).from_config(config)
-    plain.build(tuple(model.inputs[0].shape))
+    with_bias = [piece for piece, layer in by_name.items() if kind.has_bias(layer)]
+    template = by_name[with_bias[0] if with_bias else next(iter(by_name))]
+    plain_config = kind.resized(template.get_config(), template, unit_axis, len(found.cols_of), found.token_count)
+    plain_config = kind.with_bias(plain_config, bool(with_bias), template)
+    plain_config.update(name=name, trainable=True)
+    if "activation" in plain_config:
+        plain_config["activation"] = found.activation or "linear"
+    plain = type(template).from_config(plain_config)
+    input_shape = tuple(model.inputs[0].shape)
+    plain.build(input_shape if cuts is None else input_shape[:-1] + (sum(len(c) for c in cuts),))
     # The plan, made as a user's rule would make it, must give exactly these pieces.
+    roles = {piece: _role(piece) for piece in by_name}
     rule = dict(extra_rule)
-    if "frozen" in by_role:
-        rule["units"] = sorted(found.cols("frozen"))
-    if "frozen_rows" in by_role:
-        rule["rows"] = sorted(found.rows("frozen_rows"))
-        rule["bias"] = "frozen_rows" in with_bias and "trainable" in by_role
+    frozen = [piece for piece, role in roles.items() if role == "frozen"]
+    if frozen:
+        rule["units"] = sorted(found.cols(frozen[0]))
+    frozen_rows = [piece for piece, role in roles.items() if role == "frozen_rows"]
+    if frozen_rows:
+        rule["rows"] = sorted(row for piece in frozen_rows for row in found.rows(piece, all_rows=True))
+        rule["bias"] = any(p in with_bias for p in frozen_rows) and "trainable" in roles.values()
     where = spec_lib.Where()
     (parsed,) = spec_lib.parse_freeze({name: rule}, where)
     plan = kind.plan(plain, parsed, where)
+    if cuts is not None:
+        plan = dataclasses.replace(plan, row_cuts=cuts)
     pieces = []
     for piece in plan.pieces:
-        layer = by_role.get(piece.role)
-        if layer is None or found.rows(piece.role) != piece.rows or found.cols(piece.role) != piece.cols:
-            raise ValueError(f"piece {piece_name(name, piece.role)!r} does not hold what its plan gives it")
+        layer = by_name.get(piece.name)
+        if layer is None or found.rows(piece.name) != piece.rows or found.cols(piece.name) != piece.cols:
+            raise ValueError(f"piece {piece_name(name, piece.name)!r} does not hold what its plan gives it")
         pieces.append(layer)
-    if len(pieces) != len(by_role):
+    if len(pieces) != len(by_name):
         raise ValueError("it holds pieces its plan does not")
     grown = _GROWN.search(model.layers[0].name if isinstance(model.layers[0], keras.layers.InputLayer) else "")
     if grown:
@@ -285,24 +353,27 @@ def _layout_along(model, kind, by_role, axes):
 class _Labels:
     """Runs a nested split model's config on index labels instead of tensors.
 
-    The input carries its row numbers along the rows axis; each piece's
-    output carries `(piece, unit)` labels along the units axis. Running the
-    model's index ops (slices, gathers, concatenation, `where`) on them
-    gives the input rows each piece reads and which of the layer's units
-    each piece computes: the split, read from the model alone.
+    The input carries its row numbers along the rows axis (the inputs of a
+    cut plan: the rows each carries); each piece's output carries `(piece,
+    unit)` labels along the units axis. Running the model's index ops
+    (slices, gathers, concatenation, `where`) on them gives the input rows
+    each piece reads and which of the layer's units each piece computes: the
+    split, read from the model alone.
     """
 
-    def __init__(self, config, name, in_axis, out_axis, out_rank, widths):
-        self.widths = widths  # role -> how many units the piece computes
+    def __init__(self, config, name, in_axis, out_axis, out_rank, widths, input_rows=None):
+        self.widths = widths  # piece -> how many units it computes
+        self.pieces = sorted(widths)
+        self.input_rows = input_rows  # input name -> the rows it carries (a cut plan)
         self.entries = {entry["name"]: entry for entry in config["layers"]}
         outputs = config["output_layers"]
-        self.output = outputs[0] if isinstance(outputs[0], str) else outputs[0][0]
+        self.output = outputs[0] if isinstance(outputs[0], str) else outputs[0][0]  # the joined output
         self.prefix = name + SEPARATOR
         self.in_axis, self.out_axis, self.out_rank = in_axis, out_axis, out_rank
         self.memo = {}
-        self.read_rows = {}  # role -> ("rows", labels) | ("ids", None)
-        self.selected = {}  # role -> bool mask of the token ids whose rows it holds
-        self.same = []  # roles whose outputs were added or chosen between: the same units
+        self.read_rows = {}  # piece -> ("input", size) | ("rows", labels)
+        self.selected = {}  # piece -> bool mask of the token ids whose rows it holds
+        self.same = []  # pieces whose outputs were added or chosen between: the same units
         self.activation = None
         self.cols_of = None
 
@@ -311,25 +382,28 @@ class _Labels:
         if sum(d != 1 for i, d in enumerate(labels.shape) if i != self.out_axis % labels.ndim):
             raise ValueError("its output is not its pieces' units joined along one axis")
         labels = np.moveaxis(labels, self.out_axis, 0).reshape(-1)
-        self.cols_of = [(ROLES[int(label) // _BIG], int(label) % _BIG) for label in labels]
+        self.cols_of = [(self.pieces[int(label) // _BIG], int(label) % _BIG) for label in labels]
         return self
 
-    def cols(self, role):
-        """The units `role` computes, in its own order."""
+    def cols(self, piece):
+        """The units `piece` computes, in its own order."""
         for group in self.same:
-            if role in group:
-                role = group[0]
-        held = sorted((position, unit) for unit, (r, position) in enumerate(self.cols_of) if r == role)
+            if piece in group:
+                piece = group[0]
+        held = sorted((position, unit) for unit, (p, position) in enumerate(self.cols_of) if p == piece)
         if [position for position, _ in held] != list(range(len(held))):
-            raise ValueError(f"the units of piece {role!r} are not each computed once")
+            raise ValueError(f"the units of piece {piece!r} are not each computed once")
         return tuple(unit for _, unit in held)
 
-    def rows(self, role):
-        """The input rows (or token ids) `role` reads, or None for all of them."""
-        if role in self.selected:
-            chosen = self.selected[role]
-            return None if chosen.all() else tuple(int(i) for i in np.flatnonzero(chosen))
-        tag, labels = self.read_rows.get(role, ("ids", None))
+    def rows(self, piece, all_rows=False):
+        """The input rows (or token ids) `piece` reads, or None for all of them (with
+        `all_rows`, those too)."""
+        if piece in self.selected:
+            chosen = self.selected[piece]
+            return None if chosen.all() and not all_rows else tuple(int(i) for i in np.flatnonzero(chosen))
+        tag, labels = self.read_rows.get(piece, ("ids", None))
+        if tag == "input" and all_rows:
+            return tuple(range(labels))
         if tag != "rows":
             return None
         return tuple(int(i) for i in np.moveaxis(np.asarray(labels), self.in_axis, 0).reshape(-1))
@@ -358,13 +432,17 @@ class _Labels:
         if cls == "InputLayer":
             if self.in_axis is None:
                 return ("ids", None)
-            size = config["batch_shape"][self.in_axis]
             shape = [1] * len(config["batch_shape"])
+            if self.input_rows is not None:  # an input of a cut plan: its producer's block
+                rows = np.asarray(self.input_rows[name])
+                shape[self.in_axis] = rows.size
+                return ("rows", rows.reshape(shape))
+            size = config["batch_shape"][self.in_axis]
             shape[self.in_axis] = size
             return ("input", np.arange(size).reshape(shape))
         node = entry["inbound_nodes"][0]
         args = [self.arg(a) for a in node["args"]]
-        if name.startswith(self.prefix) and name[len(self.prefix):] in ROLES:
+        if name.startswith(self.prefix) and name[len(self.prefix):] in self.widths:
             return self._piece(name[len(self.prefix):], args[0])
         if cls == "GetItem":
             key = args[1][1] if args[1][0] == "const" else tuple(a[1] for a in args[1])
@@ -381,13 +459,13 @@ class _Labels:
             self._along(config["axis"], self.out_axis, self.out_rank)
             return ("units", np.concatenate([p[1] for p in args[0]], axis=config["axis"]))
         if cls == "Add":
-            self.same.append([self._role(p) for p in args[0]])
+            self.same.append([self._piece_of(p) for p in args[0]])
             return args[0][0]
         if cls == "Where":
             (_, chosen), first, second = args
             chosen = np.asarray(chosen).reshape(-1).astype(bool)
-            self.selected[self._role(first)], self.selected[self._role(second)] = chosen, ~chosen
-            self.same.append([self._role(first), self._role(second)])
+            self.selected[self._piece_of(first)], self.selected[self._piece_of(second)] = chosen, ~chosen
+            self.same.append([self._piece_of(first), self._piece_of(second)])
             return first
         if cls == "Activation":
             self.activation = config["activation"]
@@ -399,19 +477,19 @@ class _Labels:
         if axis % rank != expected % rank:
             raise ValueError(f"an index op along axis {axis}, not {expected}")
 
-    def _piece(self, role, x):
+    def _piece(self, piece, x):
         if x[0] == "input":
-            self.read_rows[role] = ("input", x[1].size)
+            self.read_rows[piece] = ("input", x[1].size)
         elif x[0] == "rows":
-            self.read_rows[role] = ("rows", x[1])
+            self.read_rows[piece] = ("rows", x[1])
         elif x[0] not in ("ids", "table"):
-            raise ValueError(f"piece {role!r} reads something other than the input")
+            raise ValueError(f"piece {piece!r} reads something other than the input")
         shape = [1] * self.out_rank
         shape[self.out_axis] = -1
-        return ("units", (ROLES.index(role) * _BIG + np.arange(self.widths[role])).reshape(shape))
+        return ("units", (self.pieces.index(piece) * _BIG + np.arange(self.widths[piece])).reshape(shape))
 
-    def _role(self, value):
-        return ROLES[int(np.asarray(value[1]).reshape(-1)[0]) // _BIG]
+    def _piece_of(self, value):
+        return self.pieces[int(np.asarray(value[1]).reshape(-1)[0]) // _BIG]
 
 
 _BIG = 1 << 40
@@ -432,19 +510,98 @@ def split(model, targets):
     Returns:
         The copy (not compiled), its pieces holding the layers' values.
     """
+    cuts = _cross_layer_cuts(model, targets)
+    producers = {id(producer) for producer, _ in cuts.values()}
     config = _config(model)
     plans = {}
     for layer, key, plan, kind, _ in targets.values():
-        _replace(config, key, build(layer, plan, kind))
+        if id(layer) in cuts:
+            plan = dataclasses.replace(plan, row_cuts=cuts[id(layer)][1])
+        _replace(config, key, build(layer, plan, kind, blocks_too=id(layer) in producers))
         plans[key] = (plan, kind.merged_weights(layer))
+    for layer, key, _, _, _ in targets.values():
+        if id(layer) in cuts:
+            _read_blocks(config, key, cuts[id(layer)][0].name, [len(rows) for rows in cuts[id(layer)][1]])
 
     def fill(key, sub):
         plan, values = plans[key]
         pieces, _ = plan.split_weights(values[0], values[1] if plan.use_bias else None)
         for piece, piece_values in zip(plan.pieces, pieces):
-            sub.get_layer(piece_name(sub.name, piece.role)).set_weights(piece_values)
+            sub.get_layer(piece_name(sub.name, piece.name)).set_weights(piece_values)
 
     return _rebuilt(model, config, {key: fill for key in plans})
+
+
+def _cross_layer_cuts(model, targets):
+    """`{id(consumer): (producer, row cuts)}`: split layers that read another split
+    layer's output, cut along its unit blocks (cross-layer pruning).
+
+    When a consumer reads the producer's trainable and frozen units as two
+    tensors, autodiff computes no gradient towards the frozen block, which
+    depends on frozen weights (and on inputs that need none) alone, so the
+    consumer's input gradient shrinks to the trainable units'. A pair is cut
+    when the producer (Dense or Conv, its units split, an elementwise
+    activation) is called once in a plain Functional graph and the consumer
+    (Dense or Conv) is called once on its output alone; the cut plan is
+    checked like a user's plan, and a consumer whose plan it does not suit
+    (a kernel constraint that a row split would change) reads the joined
+    output as before.
+    """
+    from splitnet.errors import SpecError
+    from splitnet.spec import Where
+
+    by_id = {layer_id: target for layer_id, target in targets.items()}
+    out = {}
+    for layer, key, plan, kind, _ in targets.values():
+        parent = ([model] + tree.along(model, key))[-2]
+        activation = getattr(layer, "activation", None)
+        if (
+            type(parent) is not Functional
+            or kind.name not in CUT_KINDS
+            or len(plan.blocks) != 2
+            or getattr(activation, "__name__", None) not in ELEMENTWISE
+            or len(layer._inbound_nodes) != 1
+        ):
+            continue
+        output = layer._inbound_nodes[0].output_tensors[0]
+        if any(output is t for t in parent.outputs):
+            continue
+        for node in compat.graph_nodes(parent):
+            consumer = node.operation
+            target = by_id.get(id(consumer))
+            if target is None or consumer is layer or len(consumer._inbound_nodes) != 1:
+                continue
+            inputs = node.input_tensors
+            if len(inputs) != 1 or inputs[0] is not output or target[3].name not in CUT_KINDS:
+                continue
+            _, _, consumer_plan, consumer_kind, rule = target
+            cut = dataclasses.replace(consumer_plan, row_cuts=plan.blocks)
+            try:
+                consumer_kind.check_constraints(consumer, rule, cut, Where())
+            except SpecError:
+                continue  # a constraint a row split would change: read the joined output
+            out[id(consumer)] = (layer, plan.blocks)
+    return out
+
+
+# Kinds whose units are the last axis of their output and rows the last of their input.
+CUT_KINDS = ("Dense", "Conv")
+
+
+def _read_blocks(config, key, producer, widths):
+    """Make the layer at `key` read `producer`'s unit blocks (its outputs 1, 2, ...)
+    instead of its joined output (output 0)."""
+    parent_key, _, name = key.rpartition("/")
+    entry = saving.config_child(saving.config_entry(config, parent_key), name)
+    (node,) = entry["inbound_nodes"]
+    ref = node["args"][0]
+    refs = []
+    for k, width in enumerate(widths):
+        part = copy.deepcopy(ref)
+        part["config"]["keras_history"][2] = 1 + k
+        part["config"]["shape"] = list(part["config"]["shape"][:-1]) + [width]
+        refs.append(part)
+    node["args"] = [refs] + list(node["args"][1:])
 
 
 def merge(model):
@@ -455,8 +612,22 @@ def merge(model):
     config = _config(model)
     for key, layout in layouts.items():
         _replace(config, key, layout.plain)
+    for key, layout in layouts.items():
+        if layout.plan.row_cuts is not None:  # read the producer's joined output again
+            _read_joined(config, key, layout.plan.in_dim)
     fills = {key: lambda key, plain: plain.set_weights(layouts[key].merged_weights()) for key in layouts}
     return _rebuilt(model, config, fills, plain=True)
+
+
+def _read_joined(config, key, width):
+    """The inverse of `_read_blocks`: the layer at `key` reads its producer's output 0."""
+    parent_key, _, name = key.rpartition("/")
+    entry = saving.config_child(saving.config_entry(config, parent_key), name)
+    (node,) = entry["inbound_nodes"]
+    ref = copy.deepcopy(node["args"][0][0])
+    ref["config"]["keras_history"][2] = 0
+    ref["config"]["shape"] = list(ref["config"]["shape"][:-1]) + [width]
+    node["args"] = [ref] + list(node["args"][1:])
 
 
 def _config(model):

@@ -133,6 +133,8 @@ class Piece:
         use_bias: Whether it carries the bias of its columns.
         frozen: Whether its variables are non-trainable.
         block: The column block it adds into (`KernelPlan.blocks`).
+        cut: The input block it reads, in a plan cut along its producer's
+            blocks (`KernelPlan.row_cuts`); None otherwise.
     """
 
     role: str
@@ -141,6 +143,12 @@ class Piece:
     use_bias: bool
     frozen: bool
     block: int
+    cut: int | None = None
+
+    @property
+    def name(self):
+        """`role`, or `role_CUT` for a piece of a cut plan: unique within its plan."""
+        return self.role if self.cut is None else f"{self.role}_{self.cut}"
 
 
 def _cells(piece):
@@ -168,6 +176,10 @@ class KernelPlan:
         bias_axis: The units axis in the bias, or None for a bias without one.
         grown_from: `(rows, units)` the layer had before `grow_model` made it
             bigger (entries beyond them are new), or None.
+        row_cuts: For a layer that reads a split producer's unit blocks as
+            separate inputs (the functional form's cross-layer pruning), the
+            rows each input carries, in order; every piece is then cut into
+            one piece per input it reads. None otherwise.
 
     Example:
         >>> plan = KernelPlan(in_dim=4, units=3, use_bias=True,
@@ -190,6 +202,7 @@ class KernelPlan:
     bias_shape: tuple | None = None
     bias_axis: int | None = 0
     grown_from: tuple | None = None
+    row_cuts: tuple | None = None
 
     @property
     def kernel_shape(self):
@@ -297,6 +310,21 @@ class KernelPlan:
     @property
     def pieces(self):
         """The kernel blocks, each held in its own variable(s)."""
+        pieces = self._uncut_pieces()
+        if self.row_cuts is None:
+            return pieces
+        out = []
+        for piece in pieces:
+            held = set(range(self.in_dim) if piece.rows is None else piece.rows)
+            with_bias = piece.use_bias  # the first cut of a piece carries its bias
+            for cut, cut_rows in enumerate(self.row_cuts):
+                rows = tuple(r for r in cut_rows if r in held)
+                if rows:
+                    out.append(dataclasses.replace(piece, rows=rows, use_bias=with_bias, cut=cut))
+                    with_bias = False
+        return tuple(out)
+
+    def _uncut_pieces(self):
         if self.fully_frozen:
             return (Piece("frozen", None, tuple(range(self.units)), self.use_bias, True, 0),)
         t_cols, f_cols = self.trainable_units, self.frozen_units
@@ -338,7 +366,7 @@ class KernelPlan:
             return None
         if not self.bias_per_unit:
             return "frozen" if self.bias_frozen else "trainable"
-        if any(p.use_bias and p.cols == self.trainable_units for p in self.pieces):
+        if any(p.use_bias and p.cols == self.trainable_units for p in self._uncut_pieces()):
             return None
         return "frozen" if self.bias_frozen else "trainable"
 
@@ -424,6 +452,8 @@ class KernelPlan:
             config.update(bias_shape=None if self.bias_shape is None else list(self.bias_shape), bias_axis=self.bias_axis)
         if self.grown_from is not None:
             config["grown_from"] = list(self.grown_from)
+        if self.row_cuts is not None:
+            config["row_cuts"] = [[list(r) for r in runs(cut)] for cut in self.row_cuts]
         return config
 
     @classmethod
@@ -434,6 +464,8 @@ class KernelPlan:
         for key in ("shape", "bias_shape", "grown_from"):
             if config.get(key) is not None:
                 config[key] = tuple(config[key])
+        if config.get("row_cuts") is not None:
+            config["row_cuts"] = tuple(from_runs(cut) for cut in config["row_cuts"])
         return cls(**config)
 
 

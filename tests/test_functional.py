@@ -62,6 +62,13 @@ def test_split_model_is_plain_keras_with_readable_pieces():
     assert type(names["hidden__join"]) is keras.layers.Concatenate
     assert type(names["hidden__sum"]) is keras.layers.Add
     assert type(names["hidden__activation"]) is keras.layers.Activation
+    # Cross-layer pruning: `left` (called once on `hidden` alone) reads hidden's trainable
+    # and frozen units as two inputs, its pieces cut along them; `shared` (called twice)
+    # and `right` read joined outputs.
+    left, shared = functional.read(split.get_layer("left")), functional.read(split.get_layer("shared"))
+    assert len(split.get_layer("left").inputs) == 2 and len(split.get_layer("hidden").outputs) == 3
+    assert left.plan.row_cuts == ((1, 2, 4), (0, 3)) and shared.plan.row_cuts is None
+    assert [p.name for p in left.plan.pieces] == ["trainable_0", "trainable_1", "frozen_rows_0", "frozen_rows_1"]
     # Every class in the split model is Keras' own.
     classes = {type(layer).__module__.split(".")[0] for layer in split._flatten_layers(include_self=True)}
     assert classes == {"keras"}

@@ -302,7 +302,7 @@ def test_merge_gives_the_original_architecture(trained):
     assert type(merged) is type(model)
     assert same_layers(layer_table(merged), layer_table(model))
     assert input_names(merged) == input_names(model)
-    assert not any(splitnet.kinds.split_kind_of(layer) for _, layer in tree.walk(merged))
+    assert not any(splitnet.kinds.is_split(layer) for _, layer in tree.walk(merged))
     assert_close(predict(merged, x), predict(split, x), rtol=1e-5, atol=1e-6)
     for key, weights in splitnet.merged_weights(split).items():
         for got, want in zip(splitnet.merged_weights(merged)[key], weights):
@@ -321,7 +321,7 @@ def test_save_load_and_resume(trained):
         with pytest.raises(ValueError, match=r"expected \d variables, but received \d"):
             keras.saving.load_model(path)
     else:
-        assert splitnet.kinds.split_kind_of(keras.saving.load_model(path).get_layer(next(iter(trained[2])))) is not None
+        assert splitnet.kinds.is_split(keras.saving.load_model(path).get_layer(next(iter(trained[2]))))
     loaded = splitnet.load_model(path)
     assert type(loaded) is type(split)
     masks, loaded_masks = splitnet.frozen_masks(split), splitnet.frozen_masks(loaded)

@@ -262,11 +262,11 @@ class _EmbeddingKind(Kind):
         rows = None if piece.rows is None else len(piece.rows)
         return self.resized(config, layer, 1, len(piece.cols), rows)
 
-    def functional_call(self, layer, plan, inputs, piece):
+    def functional_call(self, layer, plan, inputs, piece, blocks_too=False):
         from splitnet import functional
 
         if not plan.row_blocks:
-            return functional.kernel_call(plan, inputs, piece, None, -1, layer.name)
+            return functional.kernel_call(plan, inputs, piece, None, -1, layer.name, blocks_too)
         first, second = plan.pieces  # the trainable tokens' rows, the frozen tokens' rows
         chosen = np.zeros((plan.in_dim, 1), dtype=bool)
         chosen[list(first.rows)] = True

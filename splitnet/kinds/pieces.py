@@ -795,13 +795,14 @@ class Kind:
         config = self.resized(config, layer, unit_axis, len(piece.cols), rows)
         return {**self.with_bias(config, piece.use_bias, layer), "activation": "linear"}
 
-    def functional_call(self, layer, plan, inputs, piece):
+    def functional_call(self, layer, plan, inputs, piece, blocks_too=False):
         """The split layer's output (before its activation) from `inputs`; `piece(p, x)`
-        calls the layer made for plan piece `p` on `x`."""
+        calls the layer made for plan piece `p` on `x`. With `blocks_too`:
+        `(output, [each unit block's output])`."""
         from splitnet import functional
 
         in_axis, out_axis, _, _ = self.functional_axes(layer, plan)
-        return functional.kernel_call(plan, inputs, piece, in_axis, out_axis, layer.name)
+        return functional.kernel_call(plan, inputs, piece, in_axis, out_axis, layer.name, blocks_too)
 
     # -- growing (see `splitnet.grow`) -------------------------------------------------
 
