@@ -27,6 +27,14 @@ Everything splitnet needs to read a split back (which units and rows each
 piece holds) is in the nested model's own config: `read` interprets its
 index ops on label arrays and asks the layer's kind for the plan, so a
 functional split trained and saved without splitnet merges like any other.
+
+Cross-layer pruning: where a split layer is called on another split layer's
+output alone, the producer also outputs its unit blocks apart (trainable
+units, frozen units) and the consumer reads them as two inputs, each of its
+pieces cut along them (`KernelPlan.row_cuts`). Autodiff then computes no
+gradient towards the producer's frozen block, which depends on frozen
+weights (and on inputs that need none) alone; the joined output stays for
+every other reader, and a graph function drops it where none reads it.
 """
 
 from __future__ import annotations
