@@ -55,7 +55,6 @@ from splitnet.kinds.pieces import MAX_SLICES
 from splitnet.plan import join_order, runs
 
 SEPARATOR = "__"  # layer names cannot contain "/"
-FORMS = ("auto", "functional", "in_place")
 
 
 # --------------------------------------------------------------------------
@@ -208,14 +207,16 @@ class Layout:
         kind: The kind of the plain layer.
         plan: The `KernelPlan` the pieces follow.
         pieces: The piece layers, in `plan.pieces` order.
-        plain: The plain layer it merges into (built; its weights are not set).
+        plain: The plain layer it merges into, serialized (its config and build
+            config; not a built layer, which would hold a copy of the weights
+            for as long as the split model lives).
     """
 
     model: object
     kind: object
     plan: object
     pieces: list
-    plain: object
+    plain: dict
 
     def merged_weights(self):
         """The plain layer's weights (numpy arrays, in its order), from the pieces' values."""
@@ -355,7 +356,7 @@ def _layout_along(model, kind, by_name, axes, cuts):
     grown = _GROWN.search(model.layers[0].name if isinstance(model.layers[0], keras.layers.InputLayer) else "")
     if grown:
         plan = dataclasses.replace(plan, grown_from=(int(grown.group(1)), int(grown.group(2))))
-    return Layout(model=model, kind=kind, plan=plan, pieces=pieces, plain=plain)
+    return Layout(model=model, kind=kind, plan=plan, pieces=pieces, plain=keras.saving.serialize_keras_object(plain))
 
 
 class _Labels:
@@ -558,7 +559,6 @@ def _cross_layer_cuts(model, targets):
     from splitnet.errors import SpecError
     from splitnet.spec import Where
 
-    by_id = {layer_id: target for layer_id, target in targets.items()}
     out = {}
     for layer, key, plan, kind, _ in targets.values():
         parent = ([model] + tree.along(model, key))[-2]
@@ -576,7 +576,7 @@ def _cross_layer_cuts(model, targets):
             continue
         for node in compat.graph_nodes(parent):
             consumer = node.operation
-            target = by_id.get(id(consumer))
+            target = targets.get(id(consumer))
             if target is None or consumer is layer or len(consumer._inbound_nodes) != 1:
                 continue
             inputs = node.input_tensors
@@ -645,16 +645,19 @@ def _config(model):
 
 
 def _replace(config, key, layer):
-    """Put `layer` where the layer at `key` is in a model config, called as it was."""
+    """Put `layer` (or its serialization) where the layer at `key` is in a model config,
+    called as it was."""
     parent_key, _, name = key.rpartition("/")
     entry = saving.config_child(saving.config_entry(config, parent_key), name)
     if entry is None:
         raise ModelError(f"layer {key!r} is not in the model's config")
     was_functional = entry.get("class_name") == "Functional"
-    replacement = keras.saving.serialize_keras_object(layer)
+    replacement = copy.deepcopy(layer) if isinstance(layer, dict) else keras.saving.serialize_keras_object(layer)
+    cls = keras.saving.get_registered_object(replacement["registered_name"]) if replacement.get("registered_name") else None
+    cls = type(layer) if not isinstance(layer, dict) else cls or getattr(keras.layers, replacement["class_name"])
     replacement.update({k: entry[k] for k in ("name", "inbound_nodes") if k in entry})
     # A nested model is called with `mask=`; a Dense takes no such argument.
-    accepted = inspect.signature(layer.call).parameters
+    accepted = inspect.signature(cls.call).parameters
     for node in replacement.get("inbound_nodes", []):
         if isinstance(node, dict) and "kwargs" in node:
             node["kwargs"] = {k: v for k, v in node["kwargs"].items() if k in accepted}
@@ -662,7 +665,7 @@ def _replace(config, key, layer):
     entry.update(replacement)
     parent = saving.config_entry(config, parent_key).get("config", {})
     if "output_layers" in parent:  # a Functional graph: its references count a nested model's nodes from 1
-        shift = int(type(layer) is Functional) - int(was_functional)
+        shift = int(cls is Functional) - int(was_functional)
         _shift_references(parent, name, shift)
 
 
