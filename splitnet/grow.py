@@ -381,9 +381,7 @@ def grow_parsed(model, rules, freeze, where, form="auto"):
             plan = dataclasses.replace(plan, grown_from=(before.in_dim, before.units))
         targets[layer_id] = (layer, key, plan, kind, rule)
     copy = split.split_targets(copy, targets, form, where, copy=False)
-    saving.recompile(copy, model)
-    if getattr(copy, "optimizer", None) is not None:
-        copy.optimizer.build(copy.trainable_variables)
+    saving.compile_like(copy, model)
     return copy
 
 

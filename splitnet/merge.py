@@ -71,7 +71,5 @@ def merge_model(model):
         return saving.plain_copy(model)
     if any(kinds.split_kind_of(layer) for _, layer in tree.walk(merged)):
         return saving.plain_copy(merged)  # some layers were split in place too
-    saving.recompile(merged, model)
-    if getattr(merged, "optimizer", None) is not None:
-        merged.optimizer.build(merged.trainable_variables)
+    saving.compile_like(merged, model)
     return merged

@@ -128,6 +128,14 @@ def recompile(copy, original):
         _compile(copy, original.get_compile_config())
 
 
+def compile_like(copy, original):
+    """`recompile`, then build the fresh optimizer for `copy`'s (split or merged)
+    variables, so it is saved with the model and loads without Keras' warning."""
+    recompile(copy, original)
+    if getattr(copy, "optimizer", None) is not None:
+        copy.optimizer.build(copy.trainable_variables)
+
+
 def _restore_optimizer(model, saved, path):
     """Build the optimizer for the split variables and fill it with the saved state."""
     model.optimizer.build(model.trainable_variables)
@@ -194,7 +202,7 @@ def plain_copy(model):
     optimizer, built (the split one's state does not fit the plain weights;
     a built one is saved with the model and loads without Keras' warning).
     """
-    copy = _copy(model, plain=True)
+    copy = _copy(model, plain=True)  # compiled by `_copy`
     if getattr(copy, "optimizer", None) is not None:
         copy.optimizer.build(copy.trainable_variables)
     return copy

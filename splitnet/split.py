@@ -176,9 +176,7 @@ def split_model(model, freeze, form="auto"):
     form = spec_lib.check_form(form, where)
     targets = plan_layers(model, rules, where)  # refuse a bad spec before copying anything
     copy = split_targets(model, targets, form, where)
-    saving.recompile(copy, model)  # compiled as `model` is, with a fresh optimizer
-    if getattr(copy, "optimizer", None) is not None:
-        copy.optimizer.build(copy.trainable_variables)  # for the split variables
+    saving.compile_like(copy, model)  # compiled as `model` is, with a fresh optimizer for the split variables
     return copy
 
 
